@@ -1,0 +1,1 @@
+"""Every numba-compiled function of fastbp, one module per family, and nothing else."""
