@@ -1,0 +1,18 @@
+"""fastbp: neural networks trained by backpropagation on the CPU, with numba kernels."""
+
+from ._config import get_num_threads, set_num_threads
+from .gradcheck import GradcheckReport, gradcheck
+from .losses import KL, L2, BinaryKL, Divergence
+from .network import Sequential
+from .nodes import ELU, GELU, Identity, LeakyReLU, Linear, Node, ReLU, RReLU, Sigmoid, Softplus, Tanh
+from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
+from .vector import Softmax, VectorActivation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BinaryKL", "Divergence", "ELU", "GELU", "GradcheckReport", "Identity", "KL", "L2",
+    "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
+    "Product", "ReLU", "RReLU", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh",
+    "VectorActivation", "get_num_threads", "gradcheck", "set_num_threads",
+]

@@ -1,0 +1,120 @@
+"""Divergences per instance, div[t] = Div(Y[t], d[t]), and their gradients scaled by 1/T.
+
+Row t owns div[t] and dY[t]. The ``softmax_kl_*`` and ``sigmoid_binary_kl`` kernels are the fused
+forms used when the network ends in that activation: they take the logits z and give the stable
+loss (through log-sum-exp / softplus) and dDiv/dz = (y - d) / T directly.
+"""
+
+import math
+
+from numba import prange
+
+from .._config import PARALLEL, SERIAL, njit
+from .activations import sigmoid, softplus
+
+
+@njit(**SERIAL)
+def xlogx(x):
+    """x log x with the limit 0 log 0 = 0."""
+    return 0.0 if x == 0 else x * math.log(x)
+
+
+@njit(**PARALLEL)
+def l2(Y, d, div, dY, scale):
+    """Div = 1/2 sum_i (y_i - d_i)^2; dY = (y - d) scale."""
+    for t in prange(Y.shape[0]):
+        s = 0.0
+        for i in range(Y.shape[1]):
+            e = Y[t, i] - d[t, i]
+            s += e * e
+            dY[t, i] = e * scale
+        div[t] = 0.5 * s
+
+
+@njit(**PARALLEL)
+def kl_probs(Y, d, div, dY, scale):
+    """Div = sum_i d_i log(d_i / y_i); dY = -d / y scale (0 where d_i = 0)."""
+    for t in prange(Y.shape[0]):
+        s = 0.0
+        for i in range(Y.shape[1]):
+            if d[t, i] != 0:
+                s += xlogx(d[t, i]) - d[t, i] * math.log(Y[t, i])
+                dY[t, i] = -d[t, i] / Y[t, i] * scale
+            else:
+                dY[t, i] = 0
+        div[t] = s
+
+
+@njit(**PARALLEL)
+def kl_labels(Y, labels, div, dY, scale):
+    """One-hot d: Div = -log y_c; dY = -1 / y_c scale at c = labels[t], 0 elsewhere."""
+    for t in prange(Y.shape[0]):
+        c = labels[t]
+        dY[t, :] = 0
+        dY[t, c] = -1 / Y[t, c] * scale
+        div[t] = -math.log(Y[t, c])
+
+
+@njit(**SERIAL)
+def _logsumexp(z):
+    m = z[0]
+    for i in range(1, z.shape[0]):
+        m = max(m, z[i])
+    if m == math.inf or m == -math.inf:
+        return m
+    s = 0.0
+    for i in range(z.shape[0]):
+        s += math.exp(z[i] - m)
+    return m + math.log(s)
+
+
+@njit(**PARALLEL)
+def softmax_kl_probs(z, y, d, div, dz, scale):
+    """Fused softmax + KL: Div = sum_i d_i (log d_i - z_i) + logsumexp(z); dz = (y - d) scale."""
+    for t in prange(z.shape[0]):
+        lse = _logsumexp(z[t])
+        s = 0.0
+        for i in range(z.shape[1]):
+            if d[t, i] != 0:
+                s += xlogx(d[t, i]) - d[t, i] * (z[t, i] - lse)
+            dz[t, i] = (y[t, i] - d[t, i]) * scale
+        div[t] = s
+
+
+@njit(**PARALLEL)
+def softmax_kl_labels(z, y, labels, div, dz, scale):
+    """Fused softmax + KL, one-hot d: Div = logsumexp(z) - z_c; dz = (y - onehot(c)) scale."""
+    for t in prange(z.shape[0]):
+        c = labels[t]
+        div[t] = _logsumexp(z[t]) - z[t, c]
+        for i in range(z.shape[1]):
+            dz[t, i] = y[t, i] * scale
+        dz[t, c] = (y[t, c] - 1) * scale
+
+
+@njit(**PARALLEL)
+def binary_kl(Y, d, div, dY, scale):
+    """Div = sum_k d log(d / y) + (1 - d) log((1 - d) / (1 - y)); dY = (y - d) / (y (1 - y)) scale."""
+    for t in prange(Y.shape[0]):
+        s = 0.0
+        for k in range(Y.shape[1]):
+            y, dd = Y[t, k], d[t, k]
+            if dd != 0:
+                s += xlogx(dd) - dd * math.log(y)
+            if dd != 1:
+                s += xlogx(1 - dd) - (1 - dd) * math.log1p(-y)
+            dY[t, k] = (y - dd) / (y * (1 - y)) * scale
+        div[t] = s
+
+
+@njit(**PARALLEL)
+def sigmoid_binary_kl(z, y, d, div, dz, scale):
+    """Fused sigmoid + binary KL from logits: Div = (1 - d) z + softplus(-z) - H(d);
+    dz = (sigmoid(z) - d) scale, with H(d) = -d log d - (1 - d) log(1 - d)."""
+    for t in prange(z.shape[0]):
+        s = 0.0
+        for k in range(z.shape[1]):
+            x, dd = z[t, k], d[t, k]
+            s += (1 - dd) * x + softplus(-x) + xlogx(dd) + xlogx(1 - dd)
+            dz[t, k] = (y[t, k] - dd) * scale
+        div[t] = s

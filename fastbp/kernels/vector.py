@@ -1,0 +1,44 @@
+"""Vector activations: every output of a row depends on every input of that row."""
+
+import math
+
+from numba import prange
+
+from .._config import PARALLEL, njit
+
+
+@njit(**PARALLEL)
+def softmax_forward(z, y):
+    """y[t, i] = exp(z[t, i] - m) / sum_j exp(z[t, j] - m), m = max_j z[t, j]; row t owned by t."""
+    for t in prange(z.shape[0]):
+        m = z[t, 0]
+        for i in range(1, z.shape[1]):
+            m = max(m, z[t, i])
+        s = 0.0
+        for i in range(z.shape[1]):
+            e = math.exp(z[t, i] - m)
+            y[t, i] = e
+            s += e
+        for i in range(z.shape[1]):
+            y[t, i] = y[t, i] / s
+
+
+@njit(**PARALLEL)
+def softmax_vjp(y, dy, dz):
+    """dz[t, i] = sum_j dy[t, j] y[t, j] (delta_ij - y[t, i]) = y[t, i] (dy[t, i] - <dy[t], y[t]>)."""
+    for t in prange(y.shape[0]):
+        s = 0.0
+        for j in range(y.shape[1]):
+            s += dy[t, j] * y[t, j]
+        for i in range(y.shape[1]):
+            dz[t, i] = y[t, i] * (dy[t, i] - s)
+
+
+@njit(**PARALLEL)
+def jacobian_vjp(J, dy, dz):
+    """dz[t, d] = sum_m dy[t, m] J[t, m, d]: the seed's dDiv/dz = dDiv/dy J_y(z), per row."""
+    for t in prange(J.shape[0]):
+        dz[t, :] = 0
+        for m in range(J.shape[1]):
+            for d in range(J.shape[2]):
+                dz[t, d] += dy[t, m] * J[t, m, d]

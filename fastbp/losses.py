@@ -1,0 +1,164 @@
+"""Divergences: the loss is the mean divergence over instances, Loss = (1/T) sum_t Div(Y_t, d_t).
+
+Each divergence gives the loss value (``loss(Y, d)``) and its gradient with respect to Y with the
+1/T already applied (``loss.grad(Y, d)``), so ``net.backward(loss.grad(Y, d))`` yields dLoss/dW.
+"""
+
+import numpy as np
+
+from . import _checks
+from .kernels import divergences as KDiv
+from .nodes import Sigmoid
+from .vector import Softmax
+
+
+class Divergence:
+    """Base class: subclasses provide ``target``, ``_kernel`` and optionally ``_fused``."""
+
+    fuses_with = None
+
+    def __call__(self, Y, d):
+        """The mean divergence over the rows of Y."""
+        return self.value_and_grad(*self._prepare(Y, d))[0]
+
+    def grad(self, Y, d):
+        """dLoss/dY = (1/T) dDiv/dY, same shape as Y."""
+        return self.value_and_grad(*self._prepare(Y, d))[1]
+
+    def _prepare(self, Y, d):
+        Y = np.asarray(Y)
+        dtype = Y.dtype if Y.dtype in _checks.FLOAT_DTYPES else np.float64
+        Y = _checks.as_float_array(Y, "Y", dtype)
+        return Y, self.target(d, Y.shape[0], Y.shape[1], dtype)
+
+    def value_and_grad(self, Y, target):
+        """(mean divergence, dLoss/dY) for a prepared target."""
+        div = np.empty(Y.shape[0], np.float64)
+        dY = np.empty_like(Y)
+        self._kernel(target)(Y, target, div, dY, 1.0 / Y.shape[0])
+        return float(np.mean(div)), dY
+
+    def fused(self, node, ctx, target):
+        """(value, dLoss/dz) through the fused stable form when ``node`` ends the network and
+        this divergence fuses with it; else None."""
+        if self.fuses_with is None or type(node) is not self.fuses_with:
+            return None
+        z, y = ctx
+        div = np.empty(z.shape[0], np.float64)
+        dz = np.empty_like(z)
+        self._fused_kernel(target)(z, y, target, div, dz, 1.0 / z.shape[0])
+        return float(np.mean(div)), dz
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def config(self):
+        return {}
+
+
+def _float_target(d, rows, width, dtype, name="d"):
+    d = np.asarray(d)
+    if d.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {d.dtype}")
+    if d.ndim == 1 and width == 1:
+        d = d.reshape(-1, 1)
+    if d.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (T, {width}), got shape {d.shape}")
+    _checks.check_rows(d, name, rows, "input")
+    if d.shape[1] != width:
+        raise ValueError(f"{name} has {d.shape[1]} columns but the output has {width} "
+                         f"(shape {d.shape})")
+    d = np.ascontiguousarray(d, dtype=dtype)
+    _checks.check_finite(d, name)
+    return d
+
+
+class L2(Divergence):
+    """Div(y, d) = 1/2 ||y - d||^2; dDiv/dy = y - d.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> fb.L2()(np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]]))
+    2.5
+    """
+
+    def target(self, d, rows, width, dtype):
+        return _float_target(d, rows, width, dtype)
+
+    def _kernel(self, target):
+        return KDiv.l2
+
+
+class KL(Divergence):
+    """Div(y, d) = sum_i d_i log(d_i / y_i), for probability outputs (a softmax).
+
+    ``d`` is class indices (T,) or probability rows (T, K); for one-hot d this is the
+    cross-entropy -log y_c. After a ``Softmax``, training uses the fused gradient (y - d) / T
+    with the loss from log-sum-exp of the logits, finite even for logits of +-1000.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> round(fb.KL()(np.array([[0.5, 0.25, 0.25]]), np.array([0])), 6)
+    0.693147
+    """
+
+    fuses_with = Softmax
+
+    def target(self, d, rows, width, dtype):
+        d = np.asarray(d)
+        if d.ndim == 1:
+            if d.dtype.kind not in "iu":
+                raise TypeError(f"class labels d must be integers, got dtype {d.dtype}; "
+                                f"give probability rows as a 2-D array")
+            _checks.check_rows(d, "d", rows, "input")
+            if d.size and (d.min() < 0 or d.max() >= width):
+                bad = d[(d < 0) | (d >= width)][0]
+                raise ValueError(f"Target {bad} is out of bounds: labels must be in "
+                                 f"[0, {width - 1}] for {width} outputs.")
+            return np.ascontiguousarray(d, dtype=np.int64)
+        d = _float_target(d, rows, width, dtype)
+        if (d < 0).any():
+            raise ValueError(f"probability targets must be >= 0, found {d.min()}")
+        sums = d.sum(axis=1)
+        tol = 1e-4 if dtype == np.float32 else 1e-8
+        if np.abs(sums - 1).max() > tol * width:
+            t = int(np.argmax(np.abs(sums - 1)))
+            raise ValueError(f"probability targets must sum to 1 per row; row {t} sums to "
+                             f"{sums[t]}")
+        return d
+
+    def _kernel(self, target):
+        return KDiv.kl_labels if target.ndim == 1 else KDiv.kl_probs
+
+    def _fused_kernel(self, target):
+        return KDiv.softmax_kl_labels if target.ndim == 1 else KDiv.softmax_kl_probs
+
+
+class BinaryKL(Divergence):
+    """Div(y, d) = d log(d / y) + (1 - d) log((1 - d) / (1 - y)) per output, summed over
+    outputs, for sigmoid outputs with d in [0, 1]. After a ``Sigmoid``, training uses the fused
+    gradient (y - d) / T and a loss computed from the logits (finite for logits of +-1000).
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> round(fb.BinaryKL()(np.array([[0.5]]), np.array([1.0])), 6)
+    0.693147
+    """
+
+    fuses_with = Sigmoid
+
+    def target(self, d, rows, width, dtype):
+        d = _float_target(d, rows, width, dtype)
+        if ((d < 0) | (d > 1)).any():
+            bad = d[(d < 0) | (d > 1)][0]
+            raise ValueError(f"binary targets must be in [0, 1], found {bad}")
+        return d
+
+    def _kernel(self, target):
+        return KDiv.binary_kl
+
+    def _fused_kernel(self, target):
+        return KDiv.sigmoid_binary_kl

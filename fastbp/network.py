@@ -1,0 +1,254 @@
+"""Sequential networks: the seed's layer-by-layer forward pass and the backward pass."""
+
+import copy
+
+import numpy as np
+
+from . import _checks
+from .nodes import Node
+
+
+class Sequential(Node):
+    """A network y_N = f_N(... f_1(x)), run node by node; also usable as a node itself.
+
+    All parameters live in one flat, contiguous buffer (``flat_params``) and all gradients in a
+    second one of the same layout (``flat_grads``); each layer's W and b are views into them.
+
+    Parameters
+    ----------
+    *nodes : Node
+        The nodes in order, e.g. ``Linear(64, 32), Tanh(), Linear(32, 10), Softmax()``.
+    dtype : float32 or float64
+        The dtype of parameters, activations and gradients.
+    seed : int or None
+        Seeds the initial parameters and the random slopes of RReLU in training.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> net = fb.Sequential(fb.Linear(4, 8), fb.Tanh(), fb.Linear(8, 3), fb.Softmax(), seed=0)
+    >>> X = np.random.default_rng(0).normal(size=(5, 4))
+    >>> Y = net.forward(X)
+    >>> Y.shape, np.allclose(Y.sum(axis=1), 1)
+    ((5, 3), True)
+    >>> loss = net.loss_and_grad(X, np.array([0, 1, 2, 0, 1]), fb.KL())
+    >>> [g.shape for g in net.grads]
+    [(8, 4), (8,), (3, 8), (3,)]
+    """
+
+    def __init__(self, *nodes, dtype=np.float64, seed=None, _bind=True):
+        if len(nodes) == 1 and isinstance(nodes[0], (list, tuple)):
+            nodes = tuple(nodes[0])
+        if not nodes:
+            raise ValueError("Sequential needs at least one node")
+        for k, node in enumerate(nodes):
+            if not isinstance(node, Node):
+                raise TypeError(f"node {k} is not a fastbp node: {node!r}")
+        self.nodes = list(nodes)
+        self.n_in = self._first_width()
+        self.n_out = self.infer(self.n_in)
+        self.seed = seed
+        self._ctx = None
+        if _bind:
+            self._bind(_checks.as_dtype(dtype), np.random.default_rng(seed))
+
+    # -- structure -------------------------------------------------------------------------
+    def _first_width(self):
+        # The first declared input width, if only width-keeping nodes (activations) precede it.
+        for node in self.nodes:
+            if node.n_in is not None:
+                return node.n_in
+            if not node.keeps_width:
+                return None
+        return None
+
+    def infer(self, n_in):
+        n = n_in
+        for node in self.nodes:
+            n = node.infer(n)
+        return n
+
+    def children(self):
+        return self.nodes
+
+    def walk(self):
+        """Every node inside this network, depth first, this network first."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children()))
+
+    def named_specs(self, prefix=""):
+        """(name, node, attribute, shape) of every parameter array, in layer order."""
+        out = []
+        for k, node in enumerate(self.nodes):
+            out += self._node_specs(node, f"{prefix}{k}")
+        return out
+
+    @classmethod
+    def _node_specs(cls, node, name):
+        out = [(f"{name}.{a}", node, a, s) for a, s in node.param_specs()]
+        for c, child in zip("ab", node.children()) if not isinstance(node, Sequential) else ():
+            out += child.named_specs(f"{name}.{c}.")
+        if isinstance(node, Sequential):
+            out += node.named_specs(f"{name}.")
+        return out
+
+    def _bind(self, dtype, rng):
+        """Allocate the flat buffers, point every parameter at its view, initialise."""
+        specs = self.named_specs()
+        sizes = [int(np.prod(s)) for *_, s in specs]
+        self.dtype = dtype
+        self.flat_params = np.zeros(sum(sizes), dtype)
+        self.flat_grads = np.zeros(sum(sizes), dtype)
+        self._views = []
+        o = 0
+        for (name, node, attr, shape), n in zip(specs, sizes):
+            setattr(node, attr, self.flat_params[o:o + n].reshape(shape))
+            setattr(node, "d" + attr, self.flat_grads[o:o + n].reshape(shape))
+            self._views.append((name, node, attr))
+            o += n
+        self.rng = rng
+        for node in self.walk():
+            node.dtype = dtype
+            if hasattr(node, "bind"):
+                node.bind(dtype)
+            if hasattr(node, "rng") and node is not self:
+                node.rng = rng
+        for node in self.walk():
+            if node is not self:
+                node.reset_parameters(rng)
+
+    def __getitem__(self, k):
+        return self.nodes[k]
+
+    def __len__(self):
+        return len(self.nodes)
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    def __repr__(self):
+        inner = ",\n".join("  " + repr(n).replace("\n", "\n  ") for n in self.nodes)
+        dt = getattr(self, "dtype", None)
+        return f"Sequential(\n{inner},\n  dtype={dt})" if dt is not None \
+            else f"Sequential(\n{inner})"
+
+    @property
+    def params(self):
+        """Parameter arrays in layer order (W then b), views into ``flat_params``."""
+        return [getattr(node, attr) for _, node, attr in self._views]
+
+    @property
+    def grads(self):
+        """Gradient arrays, same shapes and order as ``params``, views into ``flat_grads``."""
+        return [getattr(node, "d" + attr) for _, node, attr in self._views]
+
+    @property
+    def param_names(self):
+        return [name for name, _, _ in self._views]
+
+    # -- modes -----------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (RReLU draws random slopes); returns the network."""
+        for node in self.walk():
+            node.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (RReLU uses its mean slope); returns the network."""
+        return self.train(False)
+
+    def astype(self, dtype):
+        """A copy of the network with parameters converted to ``dtype``."""
+        net = copy.deepcopy(self)
+        old = self.flat_params
+        net._bind(_checks.as_dtype(dtype), copy.deepcopy(self.rng))
+        net.flat_params[...] = old
+        return net
+
+    # -- computation -----------------------------------------------------------------------
+    def _apply(self, x, train):
+        ctxs = []
+        for node in self.nodes:
+            x, ctx = node._apply(x, train)
+            ctxs.append(ctx)
+        return x, ctxs
+
+    def _backprop(self, ctxs, dy, need_dx=True, start=None):
+        # From node ``start`` (default: the last) back to the first.
+        start = len(self.nodes) - 1 if start is None else start
+        for k in range(start, -1, -1):
+            dy = self.nodes[k]._backprop(ctxs[k], dy, need_dx or k > 0)
+        return dy
+
+    def kinks(self, ctxs):
+        parts = [n.kinks(c) for n, c in zip(self.nodes, ctxs)]
+        parts = [p.ravel() for p in parts if p is not None]
+        return np.concatenate(parts) if parts else None
+
+    def _input(self, X, name="X"):
+        X = _checks.as_float_array(X, name, self.dtype)
+        _checks.check_width(X, name, self.n_in)
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} has no rows (shape {X.shape})")
+        return X
+
+    def forward(self, X):
+        """Y = y_N for a batch X of shape (T, D_0); keeps what ``backward`` needs.
+
+        Raises ValueError for a wrong width, NaN or inf (naming where), TypeError for
+        non-numeric data. A 1-D X is one row.
+        """
+        X = self._input(X)
+        Y, self._ctx = self._apply(X, self.training)
+        self._out_shape = Y.shape
+        return Y
+
+    def backward(self, dY):
+        """Propagate dLoss/dY back through the network (the seed's backward pass).
+
+        Sets every gradient in ``grads`` (overwriting) and returns dLoss/dX.
+        """
+        if self._ctx is None:
+            raise RuntimeError("call forward before backward")
+        dY = _checks.as_float_array(dY, "dY", self.dtype)
+        if dY.shape != self._out_shape:
+            raise ValueError(f"dY has shape {dY.shape} but the last forward gave "
+                             f"{self._out_shape}")
+        return self._backprop(self._ctx, dY)
+
+    def predict(self, X):
+        """The output for X in evaluation mode; keeps nothing (``backward`` is unaffected)."""
+        X = self._input(X)
+        return self._apply(X, False)[0]
+
+    def loss_and_grad(self, X, d, loss):
+        """Forward, the mean divergence, and backward in one call; returns the loss.
+
+        With ``Softmax`` + ``KL`` or ``Sigmoid`` + ``BinaryKL`` at the end it uses the fused,
+        stable gradient (y - d) / T for the last pre-activation.
+        """
+        X = self._input(X)
+        target = loss.target(d, X.shape[0], self.n_out, self.dtype)
+        value, _ = self._loss_and_grad(X, target, loss)
+        return value
+
+    def _loss_and_grad(self, X, target, loss, need_dx=True, train=None):
+        train = self.training if train is None else train
+        Y, ctxs = self._apply(X, train)
+        fused = loss.fused(self.nodes[-1], ctxs[-1], target)
+        if fused is not None:
+            value, dz = fused
+            dX = self._backprop(ctxs, dz, need_dx, start=len(self.nodes) - 2)
+        else:
+            value, dY = loss.value_and_grad(Y, target)
+            dX = self._backprop(ctxs, dY, need_dx)
+        self._ctx, self._out_shape = ctxs, Y.shape
+        return value, dX
+
+    def _loss_value(self, X, target, loss, train=False):
+        Y, ctxs = self._apply(X, train)
+        fused = loss.fused(self.nodes[-1], ctxs[-1], target)
+        return (fused[0] if fused is not None else loss.value_and_grad(Y, target)[0]), ctxs

@@ -1,0 +1,324 @@
+"""Nodes: the affine layer and the scalar activations.
+
+Every node works on a batch of rows, (T, D_in) -> (T, D_out), through two methods that keep no
+state: ``_apply(x, train) -> (y, ctx)`` and ``_backprop(ctx, dy, need_dx) -> dx`` (which also
+writes the node's parameter gradients). ``forward``/``backward`` wrap them for a node used alone;
+:class:`fastbp.Sequential` keeps the contexts for a whole network.
+"""
+
+import numpy as np
+
+from . import _checks
+from .kernels import activations as KA
+from .kernels import dense as KD
+
+
+class Node:
+    """Base class of fastbp's nodes."""
+
+    training = True
+    n_in = None  # the input width, where the node fixes it
+    keeps_width = False  # True where the output width always equals the input width
+
+    # -- structure -------------------------------------------------------------------------
+    def infer(self, n_in):
+        """The output width for an input width ``n_in`` (None: not known yet); raises if the
+        input width does not fit this node. Elementwise nodes keep the width."""
+        return n_in
+
+    def children(self):
+        """Nodes inside this one (for sub-networks); their parameters belong to this node."""
+        return []
+
+    def param_specs(self):
+        """(name, shape) of each parameter array this node owns itself."""
+        return []
+
+    def reset_parameters(self, rng):
+        """Fill this node's own parameters with initial values drawn from ``rng``."""
+
+    def kinks(self, ctx):
+        """An array that changes when an input crosses a point where the node is not
+        differentiable (None for smooth nodes); gradcheck skips such perturbations."""
+        return None
+
+    # -- computation -----------------------------------------------------------------------
+    def _apply(self, x, train):
+        raise NotImplementedError
+
+    def _backprop(self, ctx, dy, need_dx=True):
+        raise NotImplementedError
+
+    def forward(self, x):
+        """y = f(x) for a batch x of shape (T, D_in); keeps what ``backward`` needs."""
+        y, self._ctx = self._apply(x, self.training)
+        return y
+
+    def backward(self, dy):
+        """dDiv/dx from dDiv/dy for the batch of the last ``forward``."""
+        if getattr(self, "_ctx", None) is None:
+            raise RuntimeError(f"{self!r}: call forward before backward")
+        return self._backprop(self._ctx, dy)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+_INITS = ("xavier", "he", "lecun", "torch", "zeros")
+
+
+class Linear(Node):
+    """The affine layer z = W y + b, with W of shape (n_out, n_in) as in the seed and PyTorch.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output widths.
+    bias : bool
+        Whether the layer has the bias b (the seed's weight w_0j on the constant input y_0 = 1).
+    init : {"xavier", "he", "lecun", "torch", "zeros"} or callable
+        Initial W: uniform with bound sqrt(6 / (n_in + n_out)) (xavier, the default),
+        sqrt(6 / n_in) (he), sqrt(3 / n_in) (lecun), 1 / sqrt(n_in) (torch, also for b), or all
+        zeros; a callable ``init(rng, shape)`` returns W. b starts at zero except with "torch".
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> net = fb.Sequential(fb.Linear(3, 2), seed=0)
+    >>> net[0].W.shape, net[0].b.shape
+    ((2, 3), (2,))
+    """
+
+    def __init__(self, n_in, n_out, bias=True, init="xavier"):
+        self.n_in = _checks.positive_int(n_in, "n_in")
+        self.n_out = _checks.positive_int(n_out, "n_out")
+        self.bias = bool(bias)
+        if not callable(init) and init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS} or a callable, got {init!r}")
+        self.init = init
+
+    def infer(self, n_in):
+        if n_in is not None and n_in != self.n_in:
+            raise ValueError(f"{self!r} expects {self.n_in} inputs but receives {n_in}")
+        return self.n_out
+
+    def param_specs(self):
+        shapes = [("W", (self.n_out, self.n_in))]
+        return shapes + [("b", (self.n_out,))] if self.bias else shapes
+
+    def bind(self, dtype):
+        # Without a bias the kernels still add b: give them zeros and a scratch gradient.
+        if not self.bias:
+            self.b = np.zeros(self.n_out, dtype)
+            self.db = np.zeros(self.n_out, dtype)
+
+    def reset_parameters(self, rng):
+        n_in, n_out, shape = self.n_in, self.n_out, (self.n_out, self.n_in)
+        bound = {"xavier": np.sqrt(6 / (n_in + n_out)), "he": np.sqrt(6 / n_in),
+                 "lecun": np.sqrt(3 / n_in), "torch": 1 / np.sqrt(n_in), "zeros": 0.0}
+        if callable(self.init):
+            W = np.asarray(self.init(rng, shape), dtype=np.float64)
+            if W.shape != shape:
+                raise ValueError(f"init returned shape {W.shape}, expected {shape}")
+        else:
+            W = rng.uniform(-bound[self.init], bound[self.init], size=shape)
+        self.W[...] = W
+        if self.bias:
+            b = rng.uniform(-bound["torch"], bound["torch"], size=n_out) \
+                if self.init == "torch" else 0.0
+            self.b[...] = b
+
+    def _apply(self, y, train):
+        z = np.empty((y.shape[0], self.n_out), y.dtype)
+        KD.dense_forward(y, self.W, self.b, z)
+        return z, y
+
+    def _backprop(self, y, dz, need_dx=True):
+        KD.dense_backward_params(dz, y, self.dW, self.db)
+        if not need_dx:
+            return None
+        dy = np.empty_like(y)
+        KD.dense_backward_input(dz, self.W, dy)
+        return dy
+
+    def config(self):
+        if callable(self.init):
+            return dict(n_in=self.n_in, n_out=self.n_out, bias=self.bias)
+        return dict(n_in=self.n_in, n_out=self.n_out, bias=self.bias, init=self.init)
+
+    def __repr__(self):
+        extra = "" if self.bias else ", bias=False"
+        return f"Linear({self.n_in}, {self.n_out}{extra})"
+
+
+class _Scalar(Node):
+    """A scalar activation y_i = f(z_i): its Jacobian is diagonal, dz = dy * f'(z)."""
+
+    kind = None
+    keeps_width = True
+
+    def _p(self):
+        return 0.0
+
+    def _apply(self, z, train):
+        y = np.empty_like(z)
+        KA.scalar_forward(self.kind, self._p(), z.reshape(-1), y.reshape(-1))
+        return y, (z, y)
+
+    def _backprop(self, ctx, dy, need_dx=True):
+        z, y = ctx
+        dz = np.empty_like(z)
+        KA.scalar_backward(self.kind, self._p(), z.reshape(-1), y.reshape(-1), dy.reshape(-1),
+                           dz.reshape(-1))
+        return dz
+
+    def config(self):
+        return {}
+
+
+class _Kinked(_Scalar):
+    def kinks(self, ctx):
+        return np.sign(ctx[0])
+
+
+class Identity(_Scalar):
+    """y = z."""
+
+    kind = KA.IDENTITY
+
+
+class Sigmoid(_Scalar):
+    """y = 1 / (1 + exp(-z)); f'(z) = y (1 - y)."""
+
+    kind = KA.SIGMOID
+
+
+class Tanh(_Scalar):
+    """y = tanh(z); f'(z) = 1 - y^2."""
+
+    kind = KA.TANH
+
+
+class Softplus(_Scalar):
+    """y = log(1 + exp(z)); f'(z) = sigmoid(z)."""
+
+    kind = KA.SOFTPLUS
+
+
+class GELU(_Scalar):
+    """y = z Phi(z) with Phi the standard normal CDF (the exact, erf form)."""
+
+    kind = KA.GELU
+
+
+class ReLU(_Kinked):
+    """y = max(z, 0), with the subgradient f'(0) = ``grad_at_zero``.
+
+    The seed's convention is f'(z) = 1 for z >= 0 (the default); ``grad_at_zero=0`` matches
+    PyTorch and scikit-learn.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> r = fb.ReLU()
+    >>> r.forward(np.array([[-1.0, 0.0, 2.0]]))
+    array([[0., 0., 2.]])
+    >>> r.backward(np.ones((1, 3)))
+    array([[0., 1., 1.]])
+    """
+
+    kind = KA.RELU
+
+    def __init__(self, grad_at_zero=1.0):
+        self.grad_at_zero = float(grad_at_zero)
+
+    def _p(self):
+        return self.grad_at_zero
+
+    def config(self):
+        return dict(grad_at_zero=self.grad_at_zero)
+
+    def __repr__(self):
+        return "ReLU()" if self.grad_at_zero == 1 else f"ReLU(grad_at_zero={self.grad_at_zero})"
+
+
+class LeakyReLU(_Kinked):
+    """y = z for z >= 0, slope * z below; f'(0) = 1 as in the seed."""
+
+    kind = KA.LEAKY_RELU
+
+    def __init__(self, slope=0.01):
+        self.slope = float(slope)
+
+    def _p(self):
+        return self.slope
+
+    def config(self):
+        return dict(slope=self.slope)
+
+    def __repr__(self):
+        return f"LeakyReLU(slope={self.slope})"
+
+
+class ELU(_Kinked):
+    """y = z for z >= 0, alpha (exp(z) - 1) below."""
+
+    kind = KA.ELU
+
+    def __init__(self, alpha=1.0):
+        self.alpha = float(alpha)
+
+    def _p(self):
+        return self.alpha
+
+    def config(self):
+        return dict(alpha=self.alpha)
+
+    def __repr__(self):
+        return f"ELU(alpha={self.alpha})"
+
+
+class RReLU(_Kinked):
+    """Randomized leaky ReLU: in training each element draws its slope from U(lower, upper)
+    (from the network's seeded generator); in evaluation the slope is (lower + upper) / 2.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> net = fb.Sequential(fb.Linear(2, 2), fb.RReLU(), seed=0).eval()
+    >>> net[1].forward(np.array([[-2.0, 2.0]]))  # eval: the mean slope
+    array([[-0.45833333,  2.        ]])
+    """
+
+    kind = KA.LEAKY_RELU
+
+    def __init__(self, lower=1 / 8, upper=1 / 3):
+        self.lower, self.upper = float(lower), float(upper)
+        if not 0 <= self.lower <= self.upper:
+            raise ValueError(f"RReLU needs 0 <= lower <= upper, got {self.lower}, {self.upper}")
+        self.rng = np.random.default_rng()
+
+    def _p(self):
+        return (self.lower + self.upper) / 2
+
+    def _apply(self, z, train):
+        if not train:
+            return super()._apply(z, train)
+        a = self.rng.uniform(self.lower, self.upper, size=z.shape).astype(z.dtype)
+        y = np.empty_like(z)
+        KA.rrelu_forward(z.reshape(-1), a.reshape(-1), y.reshape(-1))
+        return y, (z, y, a)
+
+    def _backprop(self, ctx, dy, need_dx=True):
+        if len(ctx) == 2:
+            return super()._backprop(ctx, dy, need_dx)
+        z, _, a = ctx
+        dz = np.empty_like(z)
+        KA.rrelu_backward(z.reshape(-1), a.reshape(-1), dy.reshape(-1), dz.reshape(-1))
+        return dz
+
+    def config(self):
+        return dict(lower=self.lower, upper=self.upper)
+
+    def __repr__(self):
+        return f"RReLU(lower={self.lower:g}, upper={self.upper:g})"
