@@ -248,6 +248,24 @@ class Sequential(Node):
         self._ctx, self._out_shape = ctxs, Y.shape
         return value, dX
 
+    def train_step(self, X, d, loss, optimizer):
+        """Forward, backward and one optimizer update on the batch (X, d); returns the loss.
+
+        Refuses a step whose loss or gradient is NaN or inf (``fastbp.TrainingError``),
+        leaving the parameters unchanged.
+        """
+        from .training import train_step
+
+        X = self._input(X)
+        target = loss.target(d, X.shape[0], self.n_out, self.dtype)
+        return train_step(self, X, target, loss, optimizer)
+
+    def save(self, path):
+        """Write the architecture (JSON) and parameters to an ``.npz`` file, atomically."""
+        from . import io
+
+        io.save(self, path)
+
     def _loss_value(self, X, target, loss, train=False):
         Y, ctxs = self._apply(X, train)
         fused = loss.fused(self.nodes[-1], ctxs[-1], target)

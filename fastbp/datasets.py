@@ -1,0 +1,76 @@
+"""Small datasets that ship with the install (no downloads)."""
+
+import numpy as np
+
+
+def digits():
+    """The 8x8 handwritten digits that ship inside scikit-learn (1797 images, 10 classes).
+
+    Returns
+    -------
+    X : float64 array (1797, 64), pixel intensities scaled to [0, 1]
+    y : int64 array (1797,), the digit 0..9
+
+    Examples
+    --------
+    >>> import fastbp as fb
+    >>> X, y = fb.datasets.digits()
+    >>> X.shape, float(X.max()), sorted(set(y.tolist())) == list(range(10))
+    ((1797, 64), 1.0, True)
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.data.astype(np.float64) / 16.0, data.target.astype(np.int64)
+
+
+def is_it_a_2():
+    """The seed's binary task on the digits: d = 1 for a 2, 0 for any other digit.
+
+    Returns X (1797, 64) in [0, 1] and d (1797,) float64 of 0s and 1s.
+    """
+    X, y = digits()
+    return X, (y == 2).astype(np.float64)
+
+
+def xor(n=256, noise=0.1, seed=0):
+    """Points around the four corners of [-1, 1]^2 labelled by XOR of their signs.
+
+    Returns X (n, 2) and d (n,) float64 of 0s and 1s.
+    """
+    rng = np.random.default_rng(seed)
+    corners = rng.integers(0, 2, size=(n, 2))
+    X = (2 * corners - 1) + noise * rng.normal(size=(n, 2))
+    return X, (corners[:, 0] ^ corners[:, 1]).astype(np.float64)
+
+
+def spirals(n=300, classes=2, noise=0.2, turns=1.5, seed=0):
+    """Interleaved spiral arms, one per class.
+
+    Returns X (n, 2) and y (n,) int64 class labels.
+    """
+    if classes < 2:
+        raise ValueError(f"spirals needs at least 2 classes, got {classes}")
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    r = rng.uniform(0.1, 1.0, size=n)
+    theta = 2 * np.pi * (turns * r + y / classes) + noise * rng.normal(size=n)
+    X = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
+    return X, y.astype(np.int64)
+
+
+def split(X, y, test_size=0.25, seed=0, stratify=True):
+    """Shuffle and split into (X_train, X_test, y_train, y_test), stratified by label by default.
+
+    Examples
+    --------
+    >>> import fastbp as fb
+    >>> X, y = fb.datasets.digits()
+    >>> Xtr, Xte, ytr, yte = fb.datasets.split(X, y, test_size=0.25, seed=0)
+    >>> len(Xtr) + len(Xte) == len(X)
+    True
+    """
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(X, y, test_size=test_size, random_state=seed,
+                            stratify=y if stratify else None)

@@ -1,0 +1,185 @@
+"""Save and load networks (and training checkpoints) as ``.npz``: arrays plus the architecture
+as JSON. Nothing is ever unpickled or executed from a file: node types come from a fixed table,
+object arrays are refused, and every array's header is checked against its size in the archive
+before anything is allocated."""
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "fastbp"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a valid fastbp checkpoint (corrupt, truncated, foreign)."""
+
+
+def _node_types():
+    from . import nodes, products, vector
+
+    table = {}
+    for mod in (nodes, products, vector):
+        for name in dir(mod):
+            obj = getattr(mod, name)
+            if isinstance(obj, type) and hasattr(obj, "config") and not name.startswith("_"):
+                table[name] = obj
+    return table
+
+
+def architecture(net):
+    """The network's architecture as plain JSON-ready data."""
+    from .network import Sequential
+    from .products import Product
+
+    def describe(node):
+        if isinstance(node, Sequential):
+            return {"type": "Sequential", "nodes": [describe(n) for n in node.nodes]}
+        if isinstance(node, Product):
+            return {"type": "Product", "a": describe(node.a), "b": describe(node.b)}
+        if not hasattr(node, "config") or type(node).__name__ not in _node_types():
+            raise TypeError(f"{node!r} cannot be saved: only fastbp's built-in nodes have a "
+                            f"file format (user functions are code, and files hold no code)")
+        return {"type": type(node).__name__, "config": node.config()}
+
+    return {"format": FORMAT, "version": VERSION, "dtype": net.dtype.name,
+            "root": describe(net)}
+
+
+def build(arch):
+    """A network from :func:`architecture`'s output (parameters freshly initialised)."""
+    from .network import Sequential
+    from .products import Product
+
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise CheckpointError("not a fastbp architecture (no 'format': 'fastbp')")
+    if arch.get("version") != VERSION:
+        raise CheckpointError(f"unsupported fastbp file version {arch.get('version')!r}")
+    types = _node_types()
+
+    def make(d, depth=0):
+        if depth > 64 or not isinstance(d, dict):
+            raise CheckpointError("malformed architecture")
+        kind = d.get("type")
+        if kind == "Sequential":
+            return Sequential(*[make(n, depth + 1) for n in d.get("nodes", [])], _bind=False)
+        if kind == "Product":
+            return Product(make(d.get("a"), depth + 1), make(d.get("b"), depth + 1))
+        if kind not in types:
+            raise CheckpointError(f"unknown node type {kind!r} in architecture")
+        cfg = d.get("config", {})
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"malformed config for {kind}")
+        return types[kind](**cfg)
+
+    try:
+        root = make(arch.get("root"))
+        if not isinstance(root, Sequential):
+            raise CheckpointError("architecture root is not a Sequential")
+        return Sequential(*root.nodes, dtype=arch.get("dtype", "float64"))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"invalid architecture: {e}") from e
+
+
+def write_npz(path, arrays):
+    """Write ``arrays`` atomically: a temporary file in the same folder, then a rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_npz(path, max_bytes=1 << 34):
+    """Every array in an ``.npz`` file, refusing pickles, object arrays, and headers that claim
+    more data than the archive holds."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a fastbp checkpoint ({e})") from e
+    out = {}
+    with zf:
+        for info in zf.infolist():
+            name = info.filename
+            if not name.endswith(".npy"):
+                raise CheckpointError(f"{path}: unexpected member {name!r}")
+            try:
+                with zf.open(info) as f:
+                    head = io.BytesIO(f.read(1 << 16))
+                    version = np.lib.format.read_magic(head)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+                    else:
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+                if dtype.hasobject:
+                    raise CheckpointError(f"{path}: {name} is an object array; refused")
+                claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if claimed > info.file_size or claimed > max_bytes:
+                    raise CheckpointError(f"{path}: {name} claims {claimed} bytes but the "
+                                          f"archive holds {info.file_size}")
+                with zf.open(info) as f:
+                    out[name[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
+            except CheckpointError:
+                raise
+            except Exception as e:  # zlib, header and size errors of a damaged member
+                raise CheckpointError(f"{path}: damaged member {name!r} ({e})") from e
+    return out
+
+
+def save(net, path, **extra):
+    """Write ``net`` (architecture and parameters) to ``path``; ``extra`` arrays ride along."""
+    arrays = {"architecture": np.array(json.dumps(architecture(net))),
+              "params": net.flat_params}
+    arrays.update(extra)
+    write_npz(path, arrays)
+
+
+def load(path):
+    """A network from a file written by ``net.save``.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastbp as fb
+    >>> net = fb.Sequential(fb.Linear(3, 2), fb.Sigmoid(), seed=0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.npz")
+    >>> net.save(path)
+    >>> np.array_equal(fb.load(path).flat_params, net.flat_params)
+    True
+    """
+    arrays = read_npz(path)
+    net, _ = _from_arrays(arrays, path)
+    return net
+
+
+def _from_arrays(arrays, path):
+    if "architecture" not in arrays or "params" not in arrays:
+        raise CheckpointError(f"{path}: not a fastbp checkpoint (no architecture/params)")
+    arch_arr = arrays["architecture"]
+    if arch_arr.dtype.kind != "U" or arch_arr.ndim != 0:
+        raise CheckpointError(f"{path}: architecture is not a JSON string")
+    try:
+        arch = json.loads(str(arch_arr))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: architecture is not valid JSON ({e})") from e
+    net = build(arch)
+    params = arrays["params"]
+    if params.shape != net.flat_params.shape or params.dtype != net.dtype:
+        raise CheckpointError(f"{path}: params of shape {params.shape} and dtype "
+                              f"{params.dtype} do not fit the architecture "
+                              f"({net.flat_params.shape}, {net.dtype})")
+    net.flat_params[...] = params
+    return net, arch

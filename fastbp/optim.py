@@ -1,0 +1,171 @@
+"""Optimizers (one kernel over the flat parameter buffer) and learning-rate schedules."""
+
+import math
+
+import numpy as np
+
+from .kernels import optim as KO
+
+
+class Schedule:
+    """A learning-rate schedule: ``factor(epoch)`` multiplies the optimizer's base lr."""
+
+    def factor(self, epoch):
+        raise NotImplementedError
+
+    def config(self):
+        return dict(vars(self))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class StepLR(Schedule):
+    """lr * gamma ** (epoch // step_size)."""
+
+    def __init__(self, step_size, gamma=0.1):
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        if self.step_size < 1:
+            raise ValueError(f"step_size must be >= 1, got {step_size}")
+
+    def factor(self, epoch):
+        return self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(Schedule):
+    """lr * gamma ** epoch."""
+
+    def __init__(self, gamma):
+        self.gamma = float(gamma)
+
+    def factor(self, epoch):
+        return self.gamma ** epoch
+
+
+class CosineLR(Schedule):
+    """Cosine annealing from lr to lr * min_factor over ``T_max`` epochs, then constant."""
+
+    def __init__(self, T_max, min_factor=0.0):
+        self.T_max, self.min_factor = int(T_max), float(min_factor)
+        if self.T_max < 1:
+            raise ValueError(f"T_max must be >= 1, got {T_max}")
+
+    def factor(self, epoch):
+        e = min(epoch, self.T_max)
+        return self.min_factor + (1 - self.min_factor) * (1 + math.cos(math.pi * e / self.T_max)) / 2
+
+
+def _positive(v, name, allow_zero=False):
+    v = float(v)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+    return v
+
+
+class Optimizer:
+    """Base class. ``step(net)`` updates ``net.flat_params`` from ``net.flat_grads``."""
+
+    def __init__(self, lr, schedule=None):
+        self.lr = _positive(lr, "lr")
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a fastbp Schedule, got {schedule!r}")
+        self.schedule = schedule
+        self.epoch = 0
+        self.t = 0
+        self.state = {}
+
+    def current_lr(self):
+        return self.lr * (self.schedule.factor(self.epoch) if self.schedule else 1.0)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def _buffers(self, net, names):
+        p = net.flat_params
+        if self.state.get("size") != p.size or self.state.get("dtype") != p.dtype.str:
+            self.state = {"size": p.size, "dtype": p.dtype.str}
+            for n in names:
+                self.state[n] = np.zeros_like(p)
+        return [self.state[n] for n in names]
+
+    def state_dict(self):
+        """Arrays and counters needed to resume bit-identically."""
+        out = {k: v for k, v in self.state.items() if isinstance(v, np.ndarray)}
+        return dict(out, t=self.t, epoch=self.epoch)
+
+    def load_state_dict(self, sd, net):
+        self.t, self.epoch = int(sd["t"]), int(sd["epoch"])
+        names = [k for k in sd if k not in ("t", "epoch")]
+        for n, buf in zip(names, self._buffers(net, names)):
+            buf[...] = sd[n]
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Gradient descent, with optional (Nesterov) momentum and L2 weight decay.
+
+    Update as PyTorch's SGD: g <- g + weight_decay p; v <- momentum v + g;
+    p <- p - lr (g + momentum v if nesterov else v). With momentum 0: p <- p - lr g, the seed's
+    update W <- W - eta dLoss/dW.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> net = fb.Sequential(fb.Linear(2, 1), seed=0)
+    >>> X, d = np.array([[1.0, 2.0]]), np.array([[1.0]])
+    >>> before = net.loss_and_grad(X, d, fb.L2())
+    >>> fb.SGD(lr=0.1).step(net)
+    >>> net.loss_and_grad(X, d, fb.L2()) < before
+    True
+    """
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule=None):
+        super().__init__(lr, schedule)
+        self.momentum = _positive(momentum, "momentum", allow_zero=True)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+
+    def step(self, net):
+        (v,) = self._buffers(net, ["v"])
+        self.t += 1
+        KO.sgd_step(net.flat_params, net.flat_grads, v, self.current_lr(), self.momentum,
+                    self.nesterov, self.weight_decay)
+
+    def config(self):
+        return dict(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                    weight_decay=self.weight_decay)
+
+
+class Adam(Optimizer):
+    """Adam with decoupled weight decay (AdamW when ``weight_decay`` > 0).
+
+    Examples
+    --------
+    >>> import fastbp as fb
+    >>> fb.Adam(lr=1e-3)
+    Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0)
+    """
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
+        super().__init__(lr, schedule)
+        b1, b2 = (float(b) for b in betas)
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        self.betas = (b1, b2)
+        self.eps = _positive(eps, "eps")
+        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
+
+    def step(self, net):
+        m, v = self._buffers(net, ["m", "v"])
+        self.t += 1
+        KO.adam_step(net.flat_params, net.flat_grads, m, v, self.current_lr(), self.betas[0],
+                     self.betas[1], self.eps, self.weight_decay, self.t)
+
+    def config(self):
+        return dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
