@@ -9,14 +9,14 @@ from .network import Sequential
 from .nodes import ELU, GELU, Identity, LeakyReLU, Linear, Node, ReLU, RReLU, Sigmoid, Softplus, Tanh
 from .optim import SGD, Adam, CosineLR, ExponentialLR, Schedule, StepLR
 from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
-from .training import History, TrainingError, fit
+from .training import History, TrainingError, accuracy_of, fit
 from .vector import Softmax, VectorActivation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adam", "CheckpointError", "CosineLR", "ExponentialLR", "History", "SGD", "Schedule",
-    "StepLR", "TrainingError", "datasets", "fit", "load",
+    "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
     "BinaryKL", "Divergence", "ELU", "GELU", "GradcheckReport", "Identity", "KL", "L2",
     "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
     "Product", "ReLU", "RReLU", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh",

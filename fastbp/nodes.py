@@ -322,3 +322,18 @@ class RReLU(_Kinked):
 
     def __repr__(self):
         return f"RReLU(lower={self.lower:g}, upper={self.upper:g})"
+
+
+def activation(name):
+    """A scalar or vector activation node from its name (as in the command line's
+    architecture strings and the scikit-learn adapter): identity, logistic/sigmoid, tanh, relu,
+    leaky_relu, rrelu, softplus, elu, gelu, softmax."""
+    from .vector import Softmax
+
+    table = {"identity": Identity, "none": Identity, "linear": Identity, "logistic": Sigmoid,
+             "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU,
+             "rrelu": RReLU, "softplus": Softplus, "elu": ELU, "gelu": GELU, "softmax": Softmax}
+    key = str(name).lower()
+    if key not in table:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(sorted(table))}")
+    return table[key]()

@@ -38,7 +38,7 @@ class History:
         return f"History(epochs={self.epochs}{last}{val}, stop_reason={self.stop_reason!r})"
 
 
-def accuracy(net, X, target, loss):
+def accuracy_of(net, X, target, loss):
     """Fraction of rows classified right (KL: argmax; BinaryKL: y >= 0.5), or None."""
     if not isinstance(loss, (KL, BinaryKL)):
         return None
@@ -166,13 +166,13 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
                 step += 1
             history.loss.append(total / T)
             history.lr.append(optimizer.current_lr())
-            acc = accuracy(net, X, target, loss)
+            acc = accuracy_of(net, X, target, loss)
             if acc is not None:
                 history.accuracy.append(acc)
             if validation is not None:
                 vl = net._loss_value(Xv, tv, loss)[0]
                 history.val_loss.append(vl)
-                vacc = accuracy(net, Xv, tv, loss)
+                vacc = accuracy_of(net, Xv, tv, loss)
                 if vacc is not None:
                     history.val_accuracy.append(vacc)
                 if vl < best[0] - min_delta:

@@ -1,0 +1,260 @@
+"""Side-by-side: fastbp against PyTorch, JAX, NumPy and scikit-learn on the same work.
+
+Every (round, workload, contender) runs in a fresh subprocess; contenders alternate
+round-robin within each round, starting one further along each round, and the table shows
+medians over rounds. Timed region: training (or the calls) only, after a warm-up that compiles.
+
+    python bench/compare.py                       # 5 rounds, full sizes
+    python bench/compare.py --quick               # 2 rounds, smaller sizes
+    python bench/compare.py --only W2,W3a --contenders fastbp,torch --json out.json
+
+The implementations are in bench/contenders/<name>.py, one function per workload.
+"""
+
+import argparse
+import ast
+import datetime
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONTENDERS = ["fastbp", "torch", "jax_jit", "jax_scan", "numpy", "sklearn"]
+PEERS = CONTENDERS[1:]
+MARK = "COMPARE-RESULT "
+
+# id: (function in bench/contenders/<name>.py, description, full-size kwargs, --quick kwargs).
+WORKLOADS = {
+    "W1": ("w1", "tiny 2-16-16-1 sigmoid, BCE, f64, full batch", dict(steps=2000), dict(steps=500)),
+    "W2": ("w2", "digits 64-64-10 tanh, bs 32", dict(epochs=20), dict(epochs=5)),
+    "W3a": ("w3", "784-256-128-10 relu, bs 64, 1 epoch", dict(rows=60000, batch=64),
+            dict(rows=10000, batch=64)),
+    "W3b": ("w3", "784-256-128-10 relu, bs 256, 1 epoch", dict(rows=60000, batch=256),
+            dict(rows=10000, batch=256)),
+    "W4": ("w4", "wide 1024-4096-4096-10 relu, bs 512", dict(steps=10, batch=512),
+           dict(steps=3, batch=512)),
+    "W5": ("w5", "gated 784-256x256-10, bs 128, 1 epoch", dict(rows=60000, batch=128),
+           dict(rows=10000, batch=128)),
+    "W6a": ("w6a", "784-256-10 predict one row", dict(calls=10000), dict(calls=2000)),
+    "W6b": ("w6b", "784-256-10 train_step one row", dict(calls=1000), dict(calls=300)),
+}
+W4_SIZES = [1024, 4096, 4096, 10]  # as in contenders/_common.py, kept here for the GFLOP/s line
+
+
+def per_call(workload):
+    return "calls" in WORKLOADS[workload][2]
+
+
+def kwargs_for(workload, quick):
+    return WORKLOADS[workload][3 if quick else 2]
+
+
+def workloads_of(contender):
+    """Workloads a contender implements: the functions its file defines (read, not imported)."""
+    path = os.path.join(HERE, "contenders", contender + ".py")
+    with open(path) as f:
+        names = {n.name for n in ast.parse(f.read()).body if isinstance(n, ast.FunctionDef)}
+    return {w for w, spec in WORKLOADS.items() if spec[0] in names}
+
+
+# ---------------------------------------------------------------------------- child side
+
+
+def child(contender, workload, quick):
+    """Runs one workload once, prints one result line: {"seconds": s} or {"error": text}."""
+    sys.path.insert(0, HERE)  # bench/contenders as the namespace package `contenders`
+    sys.path.append(os.path.dirname(HERE))  # an uninstalled checkout's fastbp, last
+    out = {}
+    try:
+        module = importlib.import_module("contenders." + contender)
+        if contender == "fastbp":
+            import fastbp
+
+            out["where"] = os.path.dirname(os.path.abspath(fastbp.__file__ or "."))
+        out["seconds"] = getattr(module, WORKLOADS[workload][0])(**kwargs_for(workload, quick))
+    except Exception as e:  # noqa: BLE001 - any failure becomes an "n/a" with a footnote
+        out["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    print(MARK + json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def run_one(contender, workload, quick, timeout):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", contender, workload]
+    cmd += ["--quick"] if quick else []
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return {"error": f"exit {p.returncode}: {tail[:300]}"}
+
+
+def version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    dists = ["fastbp", "numpy", "numba", "torch", "jax", "jaxlib", "scikit-learn", "scipy"]
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": cores,
+        "usable_cores": usable,
+        "python": platform.python_version(),
+        "versions": {d: version(d) for d in dists},
+        "env": {k: os.environ[k] for k in sorted(os.environ)
+                if k.endswith("_NUM_THREADS") or k.startswith("NUMBA_")},
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def print_info(info):
+    print(f"date     {info['date']}")
+    print(f"cpu      {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable)")
+    print(f"python   {info['python']}   "
+          + "  ".join(f"{d} {v}" for d, v in info["versions"].items()))
+    if info["env"]:
+        print("env      " + " ".join(f"{k}={v}" for k, v in info["env"].items()))
+    if info["loadavg"]:
+        print("load     %.2f %.2f %.2f (1, 5, 15 min) before the runs" % info["loadavg"])
+
+
+def fmt(x):
+    return "%.3g" % x if x < 1000 else "%.0f" % x
+
+
+def summarize(runs, workloads, contenders, quick):
+    """Medians per (workload, contender): seconds, or microseconds per call for W6."""
+    table = {}
+    for w in workloads:
+        scale = 1e6 / kwargs_for(w, quick)["calls"] if per_call(w) else 1.0
+        for con in contenders:
+            times = [r["seconds"] * scale for r in runs.get((w, con), []) if "seconds" in r]
+            table[w, con] = statistics.median(times) if times else None
+    return table
+
+
+def print_table(table, runs, workloads, contenders, applies, quick):
+    notes = {}  # error text -> footnote number
+
+    def cell(w, con):
+        if w not in applies[con]:
+            return "-"
+        if table[w, con] is not None:
+            return fmt(table[w, con])
+        errors = [r["error"] for r in runs.get((w, con), []) if "error" in r]
+        key = f"{con}: {errors[0] if errors else 'no result'}"
+        notes.setdefault(key, len(notes) + 1)
+        return f"n/a[{notes[key]}]"
+
+    head = ["workload", "", "unit"] + contenders + ["fastbp/best peer"]
+    rows = []
+    for w in workloads:
+        unit = "us/call" if per_call(w) else "s"
+        row = [w, WORKLOADS[w][1], unit] + [cell(w, con) for con in contenders]
+        peers = {p: table[w, p] for p in contenders if p != "fastbp" and table[w, p] is not None}
+        fast = table.get((w, "fastbp"))
+        if "fastbp" in contenders and fast is not None and peers:
+            best = min(peers, key=peers.get)
+            row.append(f"{fast / peers[best]:.2f} ({best})")
+        else:
+            row.append("n/a")
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(str(v).ljust(n) if i < 3 else str(v).rjust(n)
+                        for i, (v, n) in enumerate(zip(r, widths))))
+
+    if "W4" in workloads:
+        kw = kwargs_for("W4", quick)
+        flops = 6 * sum(a * b for a, b in zip(W4_SIZES[:-1], W4_SIZES[1:])) * kw["batch"] * kw["steps"]
+        rates = [f"{con} {flops / table['W4', con] / 1e9:.1f}" for con in contenders
+                 if table.get(("W4", con))]
+        print("\nW4 GFLOP/s (6 * weights * batch * steps / time): " + (", ".join(rates) or "n/a"))
+    for text, n in notes.items():
+        print(f"[{n}] {text}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 rounds and smaller sizes")
+    ap.add_argument("--rounds", type=int, help="rounds (default 5, or 2 with --quick)")
+    ap.add_argument("--only", help="comma-separated workloads, e.g. W2,W3a")
+    ap.add_argument("--contenders", help="comma-separated, from " + ",".join(CONTENDERS))
+    ap.add_argument("--json", metavar="PATH", help="write all times and medians to PATH")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    ap.add_argument("--child", nargs=2, metavar=("CONTENDER", "WORKLOAD"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        return child(*args.child, args.quick)
+
+    workloads = args.only.split(",") if args.only else list(WORKLOADS)
+    contenders = args.contenders.split(",") if args.contenders else list(CONTENDERS)
+    for name, known in ((workloads, WORKLOADS), (contenders, CONTENDERS)):
+        bad = [x for x in name if x not in known]
+        if bad:
+            ap.error(f"unknown {', '.join(bad)}; choose from {','.join(known)}")
+    rounds = args.rounds or (2 if args.quick else 5)
+    timeout = args.timeout or (300 if args.quick else 900)
+    applies = {con: workloads_of(con) for con in contenders}
+
+    info = machine_info()
+    print_info(info)
+    print(f"rounds   {rounds}{' (quick sizes)' if args.quick else ''}; each run a fresh process\n",
+          flush=True)
+
+    runs = {}
+    started = time.perf_counter()
+    for r in range(rounds):
+        order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+        for w in workloads:
+            for con in order:
+                if w in applies[con]:
+                    result = run_one(con, w, args.quick, timeout)
+                    runs.setdefault((w, con), []).append(result)
+                    if con == "fastbp" and "where" in result:
+                        info["fastbp_from"] = result["where"]
+        print(f"round {r + 1}/{rounds} done ({time.perf_counter() - started:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    table = summarize(runs, workloads, contenders, args.quick)
+    if "fastbp_from" in info:
+        print(f"fastbp imported from {info['fastbp_from']}")
+    print_table(table, runs, workloads, contenders, applies, args.quick)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({
+                "machine": info, "rounds": rounds, "quick": args.quick,
+                "sizes": {w: kwargs_for(w, args.quick) for w in workloads},
+                "units": {w: "us/call" if per_call(w) else "s" for w in workloads},
+                "median": {w: {con: table[w, con] for con in contenders} for w in workloads},
+                "runs": {f"{w} {con}": rs for (w, con), rs in runs.items()},
+            }, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
