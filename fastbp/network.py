@@ -220,9 +220,16 @@ class Sequential(Node):
         return self._backprop(self._ctx, dY)
 
     def predict(self, X):
-        """The output for X in evaluation mode; keeps nothing (``backward`` is unaffected)."""
+        """The output for X in evaluation mode; keeps nothing (``backward`` is unaffected).
+
+        Networks of built-in nodes run through the compiled engine (one call, no Python per
+        layer), others node by node; both give the same numbers.
+        """
+        from . import engine
+
         X = self._input(X)
-        return self._apply(X, False)[0]
+        Y = engine.predict(self, X)
+        return self._apply(X, False)[0] if Y is None else Y
 
     def loss_and_grad(self, X, d, loss):
         """Forward, the mean divergence, and backward in one call; returns the loss.
@@ -254,11 +261,14 @@ class Sequential(Node):
         Refuses a step whose loss or gradient is NaN or inf (``fastbp.TrainingError``),
         leaving the parameters unchanged.
         """
-        from .training import train_step
+        from .training import _engine_for, _run_epoch, History
 
         X = self._input(X)
         target = loss.target(d, X.shape[0], self.n_out, self.dtype)
-        return train_step(self, X, target, loss, optimizer)
+        use_engine = _engine_for(self, loss, target, optimizer, "auto")
+        self.train()
+        return _run_epoch(self, X, target, loss, optimizer, None, X.shape[0], 0, History(),
+                          use_engine) / X.shape[0]
 
     def save(self, path):
         """Write the architecture (JSON) and parameters to an ``.npz`` file, atomically."""

@@ -69,7 +69,7 @@ def _progress_bar(show, epochs, initial):
 
 def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuffle=True,
         seed=0, validation=None, progress=True, callbacks=(), patience=None, min_delta=0.0,
-        restore_best=True, checkpoint=None, checkpoint_every=1, resume=None):
+        restore_best=True, checkpoint=None, checkpoint_every=1, resume=None, engine="auto"):
     """Train ``net`` by gradient descent on the mean divergence.
 
     Parameters
@@ -101,6 +101,10 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     resume : path or None
         Continue from a checkpoint written by ``fit``: the result is bit-identical to a run
         that was never interrupted.
+    engine : "auto", True or False
+        Run whole epochs in compiled code (networks of built-in nodes, built-in divergences and
+        optimizers); "auto" uses it whenever it can, False forces the per-node Python path.
+        Both give bit-identical results.
 
     Returns
     -------
@@ -139,6 +143,7 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0 or None, got {tol}")
 
+    use_engine = _engine_for(net, loss, target, optimizer, engine)
     rng = np.random.default_rng(seed)
     history, start = History(), 0
     best = (math.inf, None)
@@ -151,19 +156,8 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
             t0 = time.perf_counter()
             optimizer.set_epoch(epoch)
             order = rng.permutation(T) if shuffle and batch_size is not None else None
-            total = 0.0
-            step = 0
-            for lo in range(0, T, batch_size or T):
-                idx = slice(lo, lo + (batch_size or T)) if order is None else \
-                    order[lo:lo + batch_size]
-                xb, tb = (X, target) if batch_size is None else (X[idx], target[idx])
-                try:
-                    value = train_step(net, xb, tb, loss, optimizer)
-                except TrainingError as e:
-                    history.stop_reason = "non-finite"
-                    raise TrainingError(f"epoch {epoch}, step {step}: {e}") from None
-                total += value * xb.shape[0]
-                step += 1
+            total = _run_epoch(net, X, target, loss, optimizer, order, batch_size or T, epoch,
+                               history, use_engine)
             history.loss.append(total / T)
             history.lr.append(optimizer.current_lr())
             acc = accuracy_of(net, X, target, loss)
@@ -198,6 +192,49 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     if patience is not None and restore_best and best[1] is not None:
         net.flat_params[...] = best[1]
     return history
+
+
+def _engine_for(net, loss, target, optimizer, engine):
+    if engine is False:
+        return False
+    from . import engine as E
+
+    try:
+        if E.compile_tape(net, True) is None:
+            raise E.Unsupported("the network holds a node the engine cannot run")
+        E.loss_kind(net, loss, target)
+        E.optimizer_args(optimizer, net)
+    except E.Unsupported:
+        if engine is True:
+            raise
+        return False
+    return True
+
+
+def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, use_engine):
+    """One epoch through the engine or node by node; returns sum of batch loss * rows."""
+    T = X.shape[0]
+    if use_engine:
+        from . import engine as E
+
+        total, _, bad = E.run_epoch(net, X, target, loss, optimizer,
+                                    np.arange(T) if order is None else order, batch)
+        if bad >= 0:
+            history.stop_reason = "non-finite"
+            raise TrainingError(f"epoch {epoch}, step {bad}: the loss or a gradient is not "
+                                f"finite; parameters are those of the last good step")
+        return total
+    total = 0.0
+    for step, lo in enumerate(range(0, T, batch)):
+        idx = slice(lo, lo + batch) if order is None else order[lo:lo + batch]
+        xb, tb = (X, target) if batch == T and order is None else (X[idx], target[idx])
+        try:
+            value = train_step(net, xb, tb, loss, optimizer)
+        except TrainingError as e:
+            history.stop_reason = "non-finite"
+            raise TrainingError(f"epoch {epoch}, step {step}: {e}") from None
+        total += value * xb.shape[0]
+    return total
 
 
 def _should_stop(history, tol, patience, callbacks, epoch, net):

@@ -19,6 +19,15 @@ def xlogx(x):
     return 0.0 if x == 0 else x * math.log(x)
 
 
+@njit(**SERIAL)
+def mean(div):
+    """sum_t div[t] / T in one fixed order (the per-node path and the engine share it)."""
+    s = 0.0
+    for t in range(div.shape[0]):
+        s += div[t]
+    return s / div.shape[0]
+
+
 @njit(**PARALLEL)
 def l2(Y, d, div, dY, scale):
     """Div = 1/2 sum_i (y_i - d_i)^2; dY = (y - d) scale."""

@@ -1,0 +1,207 @@
+"""Compile a network of built-in nodes into the engine's tape (see fastbp/kernels/engine.py),
+and run epochs, training steps and predictions through it without Python per step."""
+
+import numpy as np
+
+from .kernels import engine as KE
+from .losses import KL, L2, BinaryKL
+from .network import Sequential
+from .nodes import Linear, RReLU, Sigmoid, _Scalar
+from .optim import SGD, Adam
+from .products import MaxOver, PairProduct, PowerProduct, Product
+from .vector import Softmax
+
+
+class Unsupported(Exception):
+    """The network holds a node the engine cannot run (then the per-node path runs it)."""
+
+
+class Tape:
+    """A network's ops, registers and constants, and workspaces for up to ``capacity`` rows."""
+
+    def __init__(self, net, train):
+        self.net, self.train = net, train
+        self.ops, self.fp, self.widths = [], [], []
+        self.consts, self.iconsts, self.iwidths = [], [], []
+        x = self._register(net.n_in)
+        self.y = self._emit_seq(net, x, -1)
+        self.n_out = self.widths[self.y]
+        self.capacity = 0
+
+    # -- building ----------------------------------------------------------------------------
+    def _register(self, width):
+        if width is None:
+            raise Unsupported("input width unknown")
+        self.widths.append(int(width))
+        return len(self.widths) - 1
+
+    def _op(self, code, i, o, gi, go, n_in=0, n_out=0, w=-1, b=-1, a1=0, a2=0, a3=0, p=0.0):
+        self.ops.append([code, i, o, gi, go, n_in, n_out, w, b, a1, a2, a3])
+        self.fp.append(p)
+
+    def _emit_seq(self, seq, x, gx):
+        """Ops for the nodes of ``seq`` reading register x; gx is x's gradient register (-1:
+        not needed). Returns the output register."""
+        for node in seq.nodes:
+            x, gx = self._emit(node, x, gx)
+        return x
+
+    def _emit(self, node, x, gx):
+        n_in = self.widths[x]
+        if isinstance(node, Sequential):
+            y = self._emit_seq(node, x, gx)
+            return y, y
+        if isinstance(node, Product):
+            ga = self._register(n_in) if gx >= 0 else -1
+            gb = self._register(n_in) if gx >= 0 else -1
+            self._op(KE.FORK, x, x, gx, -1, a1=ga, a2=gb)
+            ya = self._emit_seq(node.a, x, ga)
+            yb = self._emit_seq(node.b, x, gb)
+            y = self._register(self.widths[ya])
+            self._op(KE.MUL, ya, y, ya, y, a1=yb, a2=yb)
+            return y, y
+        n_out = node.infer(n_in)
+        y = self._register(n_out)
+        if isinstance(node, Linear):
+            w, b = (self._offset(node, "W"), self._offset(node, "b") if node.bias else -1)
+            self._op(KE.LINEAR, x, y, gx, y, n_in, n_out, w, b)
+        elif isinstance(node, RReLU) and self.train:
+            raise Unsupported("RReLU in training draws slopes from NumPy's generator")
+        elif isinstance(node, _Scalar):
+            self._op(KE.SCALAR, x, y, gx, y, n_in, n_out, a1=node.kind, p=node._p())
+        elif type(node) is Softmax:
+            self._op(KE.SOFTMAX, x, y, gx, y, n_in, n_out)
+        elif type(node) is PairProduct:
+            self._op(KE.PAIR, x, y, gx, y, n_in, n_out)
+        elif type(node) is PowerProduct:
+            self._op(KE.POWER, x, y, gx, y, n_in, n_out, a1=self._const(node.alpha))
+        elif isinstance(node, MaxOver):
+            a1, a2 = self._iconst(node.indptr), self._iconst(node.indices)
+            self.iwidths.append(n_out)
+            self._op(KE.MAX, x, y, gx, y, n_in, n_out, a1=a1, a2=a2, a3=len(self.iwidths) - 1)
+        else:
+            raise Unsupported(f"{type(node).__name__} is not a built-in node")
+        return y, y
+
+    def _offset(self, node, attr):
+        view = getattr(node, attr)
+        return (view.__array_interface__["data"][0]
+                - self.net.flat_params.__array_interface__["data"][0]) // view.itemsize
+
+    def _const(self, a):
+        o = sum(c.size for c in self.consts)
+        self.consts.append(np.ravel(a))
+        return o
+
+    def _iconst(self, a):
+        o = sum(c.size for c in self.iconsts)
+        self.iconsts.append(np.ravel(a).astype(np.int64))
+        return o
+
+    def finish(self):
+        dt = self.net.dtype
+        self.ops = np.array(self.ops, np.int64).reshape(-1, 12)
+        self.fp = np.array(self.fp, np.float64)
+        self.consts = np.concatenate(self.consts).astype(dt) if self.consts else np.zeros(0, dt)
+        self.iconsts = np.concatenate(self.iconsts) if self.iconsts else np.zeros(0, np.int64)
+        self.zeros = np.zeros(max(self.widths), dt)
+        self.dbias = np.zeros(max(self.widths), dt)
+        return self
+
+    def ensure(self, rows):
+        """Workspaces for ``rows`` rows (kept and reused while large enough)."""
+        if rows <= self.capacity:
+            return
+        widths = np.array(self.widths, np.int64)
+        self.regs = np.stack([np.concatenate([[0], np.cumsum(widths[:-1])]) * rows, widths],
+                             axis=1).astype(np.int64)
+        self.act = np.zeros(int(widths.sum()) * rows, self.net.dtype)
+        self.grad = np.zeros_like(self.act)
+        self.iact = np.zeros(max(sum(self.iwidths), 1) * rows, np.int64)
+        # MAX ops address their argmax block by offset: op a3 indexes iwidths.
+        starts = np.concatenate([[0], np.cumsum(self.iwidths)[:-1]]).astype(np.int64) * rows
+        for k in np.flatnonzero(self.ops[:, 0] == KE.MAX):
+            self.ops[k, 11] = starts[self._max_index(k)]
+        self.capacity = rows
+
+    def _max_index(self, k):
+        return int(np.sum(self.ops[:k, 0] == KE.MAX))
+
+    def forward(self, X):
+        rows = X.shape[0]
+        self.ensure(rows)
+        self.act[:X.size] = X.reshape(-1)
+        KE.tape_forward(self.ops, self.fp, self.regs, self.net.flat_params, self.zeros,
+                        self.consts, self.iconsts, self.act, self.iact, rows)
+        o, w = self.regs[self.y]
+        return self.act[o:o + rows * w].reshape(rows, w)
+
+
+def compile_tape(net, train):
+    """The tape for ``net`` in training or evaluation mode, or None where the network holds a
+    node the engine cannot run; cached on the network."""
+    cache = net.__dict__.setdefault("_tapes", {})
+    key = (train, id(net.flat_params))
+    if key not in cache:
+        try:
+            cache[key] = Tape(net, train).finish()
+        except Unsupported:
+            cache[key] = None
+    return cache[key]
+
+
+def predict(net, X):
+    """The network's output for X in evaluation mode, or None if the engine cannot run it."""
+    tape = compile_tape(net, False)
+    return None if tape is None else tape.forward(X).copy()
+
+
+def loss_kind(net, loss, target):
+    """The loss stage code and whether it is fused with the last node."""
+    last = net.nodes[-1]
+    labels = target.ndim == 1
+    if isinstance(loss, KL):
+        if type(last) is Softmax:
+            return (KE.SOFTMAX_KL_LABELS if labels else KE.SOFTMAX_KL_PROBS), True
+        return (KE.KL_LABELS if labels else KE.KL_PROBS), False
+    if isinstance(loss, BinaryKL):
+        return (KE.SIGMOID_BKL, True) if type(last) is Sigmoid else (KE.BKL, False)
+    if type(loss) is L2:
+        return KE.L2, False
+    raise Unsupported(f"{type(loss).__name__} is not a built-in divergence")
+
+
+def optimizer_args(opt, net):
+    """(code, hyper-parameters, state buffers) for the engine's update."""
+    if type(opt) is SGD:
+        (v,) = opt._buffers(net, ["v"])
+        return KE.SGD, np.array([opt.momentum, float(opt.nesterov), opt.weight_decay, 0.0]), v, v
+    if type(opt) is Adam:
+        m, v = opt._buffers(net, ["m", "v"])
+        return KE.ADAM, np.array([*opt.betas, opt.eps, opt.weight_decay]), m, v
+    raise Unsupported(f"{type(opt).__name__} is not a built-in optimizer")
+
+
+def run_epoch(net, X, target, loss, opt, order, batch):
+    """One training epoch in compiled code; returns (sum of batch losses * rows, steps, first
+    non-finite step or -1)."""
+    tape = compile_tape(net, True)
+    if tape is None:
+        raise Unsupported("the network holds a node the engine cannot run")
+    kind, fused = loss_kind(net, loss, target)
+    code, hyper, s1, s2 = optimizer_args(opt, net)
+    tape.ensure(batch)
+    labels = target if target.ndim == 1 else np.zeros(0, np.int64)
+    d = target if target.ndim == 2 else np.zeros((0, 0), net.dtype)
+    bl = np.zeros(batch, np.int64)
+    bd = np.zeros((batch, d.shape[1]), net.dtype)
+    div = np.zeros(batch, np.float64)
+    out = np.zeros(3, np.float64)
+    last = len(tape.ops) - (2 if fused else 1)
+    z_reg = int(tape.ops[-1, 1])
+    KE.train_epoch(tape.ops, tape.fp, tape.regs, net.flat_params, net.flat_grads, tape.zeros,
+                   tape.dbias, tape.consts, tape.iconsts, tape.act, tape.iact, tape.grad, X,
+                   labels, d, order, batch, kind, tape.y, z_reg, last, div, bl, bd, code,
+                   opt.current_lr(), hyper, s1, s2, opt.t, out)
+    opt.t += int(out[1])
+    return out[0], int(out[1]), int(out[2])

@@ -1,0 +1,196 @@
+"""The engine: a network compiled to a tape of ops, run for whole epochs in compiled code.
+
+A tape row is one op: ``ops[k] = (code, in, out, in_grad, out_grad, n_in, n_out, w, b, a1, a2,
+a3)`` with ``fp[k]`` its float parameter. ``in``/``out`` are activation registers and
+``in_grad``/``out_grad`` gradient registers (-1: not needed); ``regs[r] = (offset, width)``
+places register r in the workspaces ``act`` and ``grad`` for the current batch. Every op calls
+the same leaf kernel as the node's Python class, so the engine and the per-node path give the
+same numbers.
+"""
+
+import math
+
+import numpy as np
+
+from .._config import SERIAL, njit
+from . import activations as KA
+from . import dense as KD
+from . import divergences as KDiv
+from . import optim as KO
+from . import products as KP
+from . import vector as KV
+
+LINEAR, SCALAR, SOFTMAX, PAIR, POWER, MAX, MUL, FORK = range(1, 9)
+L2, KL_LABELS, KL_PROBS, BKL, SOFTMAX_KL_LABELS, SOFTMAX_KL_PROBS, SIGMOID_BKL = range(1, 8)
+NO_OPT, SGD, ADAM = range(3)
+
+
+@njit(**SERIAL)
+def _reg(ws, regs, r, rows):
+    o = regs[r, 0]
+    return ws[o:o + rows * regs[r, 1]].reshape((rows, regs[r, 1]))
+
+
+@njit(**SERIAL)
+def _flat(ws, regs, r, rows):
+    return ws[regs[r, 0]:regs[r, 0] + rows * regs[r, 1]]
+
+
+@njit(**SERIAL)
+def tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows):
+    """Run every op of the tape forward on the first ``rows`` rows."""
+    for k in range(ops.shape[0]):
+        code, i, o = ops[k, 0], ops[k, 1], ops[k, 2]
+        if code == LINEAR:
+            n_in, n_out, w, b = ops[k, 5], ops[k, 6], ops[k, 7], ops[k, 8]
+            W = params[w:w + n_out * n_in].reshape((n_out, n_in))
+            bias = params[b:b + n_out] if b >= 0 else zeros[:n_out]
+            KD.dense_forward(_reg(act, regs, i, rows), W, bias, _reg(act, regs, o, rows))
+        elif code == SCALAR:
+            KA.scalar_forward(ops[k, 9], fp[k], _flat(act, regs, i, rows),
+                              _flat(act, regs, o, rows))
+        elif code == SOFTMAX:
+            KV.softmax_forward(_reg(act, regs, i, rows), _reg(act, regs, o, rows))
+        elif code == PAIR:
+            KP.pair_product_forward(_reg(act, regs, i, rows), _reg(act, regs, o, rows))
+        elif code == POWER:
+            a = consts[ops[k, 9]:ops[k, 9] + ops[k, 5] * ops[k, 6]].reshape((ops[k, 5], ops[k, 6]))
+            KP.power_product_forward(_reg(act, regs, i, rows), a, _reg(act, regs, o, rows))
+        elif code == MAX:
+            M = ops[k, 6]
+            indptr = iconsts[ops[k, 9]:ops[k, 9] + M + 1]
+            indices = iconsts[ops[k, 10]:ops[k, 10] + indptr[M]]
+            arg = iact[ops[k, 11]:ops[k, 11] + rows * M].reshape((rows, M))
+            KP.max_forward(_reg(act, regs, i, rows), indptr, indices, _reg(act, regs, o, rows),
+                           arg)
+        elif code == MUL:
+            KP.elementwise_product_forward(_flat(act, regs, i, rows),
+                                           _flat(act, regs, ops[k, 9], rows),
+                                           _flat(act, regs, o, rows))
+
+
+@njit(**SERIAL)
+def tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iact, grad, rows,
+                  last):
+    """Run ops ``last`` down to 0 backward: gradients of parameters into ``grads``, of
+    activations into the gradient registers."""
+    for k in range(last, -1, -1):
+        code, i, o, gi, go = ops[k, 0], ops[k, 1], ops[k, 2], ops[k, 3], ops[k, 4]
+        if code == LINEAR:
+            n_in, n_out, w, b = ops[k, 5], ops[k, 6], ops[k, 7], ops[k, 8]
+            dz = _reg(grad, regs, go, rows)
+            dW = grads[w:w + n_out * n_in].reshape((n_out, n_in))
+            db = grads[b:b + n_out] if b >= 0 else dbias[:n_out]
+            KD.dense_backward_params(dz, _reg(act, regs, i, rows), dW, db)
+            if gi >= 0:
+                W = params[w:w + n_out * n_in].reshape((n_out, n_in))
+                KD.dense_backward_input(dz, W, _reg(grad, regs, gi, rows))
+        elif gi < 0:
+            continue
+        elif code == SCALAR:
+            KA.scalar_backward(ops[k, 9], fp[k], _flat(act, regs, i, rows),
+                               _flat(act, regs, o, rows), _flat(grad, regs, go, rows),
+                               _flat(grad, regs, gi, rows))
+        elif code == SOFTMAX:
+            KV.softmax_vjp(_reg(act, regs, o, rows), _reg(grad, regs, go, rows),
+                           _reg(grad, regs, gi, rows))
+        elif code == PAIR:
+            KP.pair_product_backward(_reg(act, regs, i, rows), _reg(grad, regs, go, rows),
+                                     _reg(grad, regs, gi, rows))
+        elif code == POWER:
+            a = consts[ops[k, 9]:ops[k, 9] + ops[k, 5] * ops[k, 6]].reshape((ops[k, 5], ops[k, 6]))
+            x = _reg(act, regs, i, rows)
+            work = np.empty_like(x)
+            KP.power_product_backward(x, a, _reg(grad, regs, go, rows),
+                                      _reg(grad, regs, gi, rows), work)
+        elif code == MAX:
+            M = ops[k, 6]
+            arg = iact[ops[k, 11]:ops[k, 11] + rows * M].reshape((rows, M))
+            KP.max_backward(_reg(grad, regs, go, rows), arg, _reg(grad, regs, gi, rows))
+        elif code == MUL:
+            KP.elementwise_product_backward(_flat(act, regs, i, rows),
+                                            _flat(act, regs, ops[k, 9], rows),
+                                            _flat(grad, regs, go, rows),
+                                            _flat(grad, regs, gi, rows),
+                                            _flat(grad, regs, ops[k, 10], rows))
+        elif code == FORK:
+            ga, gb, g = (_flat(grad, regs, ops[k, 9], rows), _flat(grad, regs, ops[k, 10], rows),
+                         _flat(grad, regs, gi, rows))
+            for n in range(g.shape[0]):
+                g[n] = ga[n] + gb[n]
+
+
+@njit(**SERIAL)
+def loss_stage(kind, regs, y_reg, z_reg, act, grad, labels, d, div, rows):
+    """The mean divergence of the batch and its gradient into the last (or, fused, the
+    pre-activation) gradient register."""
+    Y = _reg(act, regs, y_reg, rows)
+    scale = 1.0 / rows
+    dv = div[:rows]
+    if kind == L2:
+        KDiv.l2(Y, d[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
+    elif kind == KL_LABELS:
+        KDiv.kl_labels(Y, labels[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
+    elif kind == KL_PROBS:
+        KDiv.kl_probs(Y, d[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
+    elif kind == BKL:
+        KDiv.binary_kl(Y, d[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
+    elif kind == SOFTMAX_KL_LABELS:
+        KDiv.softmax_kl_labels(_reg(act, regs, z_reg, rows), Y, labels[:rows], dv,
+                               _reg(grad, regs, z_reg, rows), scale)
+    elif kind == SOFTMAX_KL_PROBS:
+        KDiv.softmax_kl_probs(_reg(act, regs, z_reg, rows), Y, d[:rows], dv,
+                              _reg(grad, regs, z_reg, rows), scale)
+    else:
+        KDiv.sigmoid_binary_kl(_reg(act, regs, z_reg, rows), Y, d[:rows], dv,
+                               _reg(grad, regs, z_reg, rows), scale)
+    return KDiv.mean(dv)
+
+
+@njit(**SERIAL)
+def _all_finite(a):
+    for i in range(a.shape[0]):
+        if not math.isfinite(a[i]):
+            return False
+    return True
+
+
+@njit(**SERIAL)
+def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act, iact, grad,
+                X, labels, d, order, batch, loss_kind, y_reg, z_reg, last, div, blabels, bd,
+                opt, lr, hyper, state1, state2, t0, out):
+    """One epoch: for every batch of rows ``order[lo:lo + batch]``, forward, loss, backward and
+    the optimizer's update. ``out`` receives (sum of batch loss * rows, steps done, first bad
+    step or -1); a step whose loss or gradient is not finite stops the epoch before its
+    update."""
+    T = order.shape[0]
+    n_in = X.shape[1]
+    total = 0.0
+    step = 0
+    out[2] = -1
+    for lo in range(0, T, batch):
+        rows = min(batch, T - lo)
+        x = _reg(act, regs, 0, rows)
+        for r in range(rows):
+            src = order[lo + r]
+            for c in range(n_in):
+                x[r, c] = X[src, c]
+            blabels[r] = labels[src] if labels.shape[0] > 0 else 0
+            for c in range(bd.shape[1]):
+                bd[r, c] = d[src, c]
+        tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows)
+        value = loss_stage(loss_kind, regs, y_reg, z_reg, act, grad, blabels, bd, div, rows)
+        tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iact, grad,
+                      rows, last)
+        if not (math.isfinite(value) and _all_finite(grads)):
+            out[2] = step
+            break
+        if opt == SGD:
+            KO.sgd_step(params, grads, state1, lr, hyper[0], hyper[1] != 0, hyper[2])
+        elif opt == ADAM:
+            KO.adam_step(params, grads, state1, state2, lr, hyper[0], hyper[1], hyper[2],
+                         hyper[3], t0 + step + 1)
+        total += value * rows
+        step += 1
+    out[0] = total
+    out[1] = step
