@@ -1,0 +1,121 @@
+"""The compiled engine gives the same numbers as the per-node Python path, bit for bit."""
+
+import numpy as np
+import pytest
+
+import fastbp as fb
+from fastbp import engine
+
+
+def _nets(dtype):
+    """Networks that together use every built-in node kind the engine runs."""
+    return {
+        "mlp": lambda: fb.Sequential(fb.Linear(8, 16), fb.Tanh(), fb.Linear(16, 3), fb.Softmax(),
+                                     dtype=dtype, seed=0),
+        "gated": lambda: fb.Sequential(
+            fb.Product(fb.Sequential(fb.Linear(8, 6), fb.ReLU()),
+                       fb.Sequential(fb.Linear(8, 6), fb.Sigmoid())),
+            fb.Linear(6, 3), fb.Softmax(), dtype=dtype, seed=1),
+        "mixed": lambda: fb.Sequential(
+            fb.Linear(8, 12), fb.ELU(), fb.MaxPool1d(2), fb.Linear(6, 8, bias=False),
+            fb.LeakyReLU(0.2), fb.PairProduct(), fb.GELU(), fb.Linear(4, 4), fb.Softplus(),
+            fb.MaxOver([[0, 1], [1, 2, 3], [3]]), fb.Identity(), fb.Linear(3, 2),
+            fb.ReLU(grad_at_zero=0), fb.PowerProduct([[1.0, 2.0, 0.0], [1.0, 0.0, 1.0]]),
+            fb.Linear(3, 3), fb.Softmax(), dtype=dtype, seed=2),
+    }
+
+
+LOSSES = {
+    "kl_labels": (fb.KL, lambda rng, n: rng.integers(0, 3, size=n)),
+    "kl_probs": (fb.KL, lambda rng, n: rng.dirichlet(np.ones(3), size=n)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["mlp", "gated", "mixed"])
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+@pytest.mark.parametrize("make_opt", [lambda: fb.SGD(lr=0.05, momentum=0.9, nesterov=True),
+                                      lambda: fb.Adam(lr=0.01, weight_decay=0.01)],
+                         ids=["sgd", "adam"])
+def test_fit_engine_equals_per_node(dtype, name, loss_name, make_opt):
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.1, 1.0, size=(37, 8))  # positive: PowerProduct's inputs after layers
+    loss_cls, target = LOSSES[loss_name]
+    d = target(rng, 37)
+    make = _nets(dtype)[name]
+    a, b = make(), make()
+    kw = dict(batch_size=10, epochs=3, tol=None, seed=3, progress=False)
+    ha = fb.fit(a, X, d, loss_cls(), make_opt(), engine=True, **kw)
+    hb = fb.fit(b, X, d, loss_cls(), make_opt(), engine=False, **kw)
+    assert np.array_equal(a.flat_params, b.flat_params)
+    assert ha.loss == hb.loss
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss, last, d", [
+    (fb.BinaryKL, fb.Sigmoid, lambda rng, n: (rng.random((n, 2)) < 0.5).astype(float)),
+    (fb.BinaryKL, fb.Softmax, lambda rng, n: rng.random((n, 2))),  # general (unfused) path
+    (fb.L2, fb.Tanh, lambda rng, n: rng.normal(size=(n, 2))),
+    (fb.KL, fb.Softmax, lambda rng, n: rng.integers(0, 2, size=n)),
+])
+def test_full_batch_engine_equals_per_node_for_every_divergence(dtype, loss, last, d):
+    rng = np.random.default_rng(1)
+    X, target = rng.normal(size=(21, 4)), d(rng, 21)
+
+    def make():
+        return fb.Sequential(fb.Linear(4, 5), fb.Tanh(), fb.Linear(5, 2), last(), dtype=dtype,
+                             seed=4)
+
+    a, b = make(), make()
+    for net, eng in ((a, True), (b, False)):
+        fb.fit(net, X, target, loss(), fb.SGD(lr=0.1), epochs=4, tol=None, progress=False,
+               engine=eng)
+    assert np.array_equal(a.flat_params, b.flat_params)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_predict_engine_equals_per_node(dtype, rows):
+    X = np.random.default_rng(2).uniform(0.1, 1, size=(rows, 8))
+    for make in _nets(dtype).values():
+        net = make()
+        per_node = net._apply(net._input(X), False)[0]
+        assert np.array_equal(net.predict(X), per_node)
+        assert engine.compile_tape(net, False) is not None
+
+
+def test_predict_after_a_larger_batch_reuses_workspace_correctly():
+    net = _nets(np.float64)["mlp"]()
+    X = np.random.default_rng(0).normal(size=(50, 8))
+    big = net.predict(X)
+    small = net.predict(X[:3])
+    assert np.array_equal(small, big[:3])
+    assert not np.shares_memory(small, big)
+
+
+def test_train_step_engine_equals_per_node():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(1, 8)), np.array([2])
+    a, b = _nets(np.float32)["gated"](), _nets(np.float32)["gated"]()
+    oa, ob = fb.SGD(lr=0.1), fb.SGD(lr=0.1)
+    for _ in range(5):
+        la = a.train_step(X, y, fb.KL(), oa)
+        Xb = b._input(X)
+        tb = fb.KL().target(y, 1, 3, b.dtype)
+        lb = fb.training.train_step(b, Xb, tb, fb.KL(), ob)
+        assert la == lb
+    assert np.array_equal(a.flat_params, b.flat_params)
+
+
+def test_unsupported_nodes_fall_back_to_the_per_node_path():
+    sq = fb.VectorActivation(lambda z: z ** 2, lambda z: np.diag(2 * z))
+    net = fb.Sequential(fb.Linear(3, 3), sq, fb.Linear(3, 2), fb.Softmax(), seed=0)
+    assert engine.compile_tape(net, True) is None
+    X, y = np.random.default_rng(0).normal(size=(10, 3)), np.arange(10) % 2
+    h = fb.fit(net, X, y, fb.KL(), fb.SGD(lr=0.1), epochs=2, progress=False)
+    assert h.epochs == 2
+    with pytest.raises(engine.Unsupported):
+        fb.fit(net, X, y, fb.KL(), fb.SGD(lr=0.1), epochs=2, progress=False, engine=True)
+    rr = fb.Sequential(fb.Linear(3, 3), fb.RReLU(), seed=0)
+    assert engine.compile_tape(rr, True) is None  # random slopes: per-node in training
+    assert engine.compile_tape(rr, False) is not None  # the mean slope: engine in evaluation
