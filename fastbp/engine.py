@@ -36,7 +36,8 @@ class Tape:
         return len(self.widths) - 1
 
     def _op(self, code, i, o, gi, go, n_in=0, n_out=0, w=-1, b=-1, a1=0, a2=0, a3=0, p=0.0):
-        self.ops.append([code, i, o, gi, go, n_in, n_out, w, b, a1, a2, a3])
+        work = n_in * n_out if code == KE.LINEAR else self.widths[o]
+        self.ops.append([code, i, o, gi, go, n_in, n_out, w, b, a1, a2, a3, work])
         self.fp.append(p)
 
     def _emit_seq(self, seq, x, gx):
@@ -100,12 +101,13 @@ class Tape:
 
     def finish(self):
         dt = self.net.dtype
-        self.ops = np.array(self.ops, np.int64).reshape(-1, 12)
+        self.ops = np.array(self.ops, np.int64).reshape(-1, 13)
         self.fp = np.array(self.fp, np.float64)
         self.consts = np.concatenate(self.consts).astype(dt) if self.consts else np.zeros(0, dt)
         self.iconsts = np.concatenate(self.iconsts) if self.iconsts else np.zeros(0, np.int64)
         self.zeros = np.zeros(max(self.widths), dt)
         self.dbias = np.zeros(max(self.widths), dt)
+        self.wt = np.zeros(max([int(r[5] * r[6]) for r in self.ops if r[0] == KE.LINEAR] + [1]), dt)
         return self
 
     def ensure(self, rows):
@@ -132,7 +134,7 @@ class Tape:
         self.ensure(rows)
         self.act[:X.size] = X.reshape(-1)
         KE.tape_forward(self.ops, self.fp, self.regs, self.net.flat_params, self.zeros,
-                        self.consts, self.iconsts, self.act, self.iact, rows)
+                        self.consts, self.iconsts, self.act, self.iact, rows, self.wt)
         o, w = self.regs[self.y]
         return self.act[o:o + rows * w].reshape(rows, w)
 
@@ -202,6 +204,6 @@ def run_epoch(net, X, target, loss, opt, order, batch):
     KE.train_epoch(tape.ops, tape.fp, tape.regs, net.flat_params, net.flat_grads, tape.zeros,
                    tape.dbias, tape.consts, tape.iconsts, tape.act, tape.iact, tape.grad, X,
                    labels, d, order, batch, kind, tape.y, z_reg, last, div, bl, bd, code,
-                   opt.current_lr(), hyper, s1, s2, opt.t, out)
+                   opt.current_lr(), hyper, s1, s2, opt.t, out, tape.wt)
     opt.t += int(out[1])
     return out[0], int(out[1]), int(out[2])

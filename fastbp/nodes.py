@@ -130,16 +130,13 @@ class Linear(Node):
 
     def _apply(self, y, train):
         z = np.empty((y.shape[0], self.n_out), y.dtype)
-        KD.dense_forward(y, self.W, self.b, z)
+        KD.affine(y, self.W, self.b, z, np.empty((self.n_in, self.n_out), y.dtype))
         return z, y
 
     def _backprop(self, y, dz, need_dx=True):
-        KD.dense_backward_params(dz, y, self.dW, self.db)
-        if not need_dx:
-            return None
         dy = np.empty_like(y)
-        KD.dense_backward_input(dz, self.W, dy)
-        return dy
+        KD.affine_backward(dz, y, self.W, self.dW, self.db, dy, need_dx)
+        return dy if need_dx else None
 
     def config(self):
         if callable(self.init):

@@ -8,7 +8,7 @@ import math
 
 from numba import prange
 
-from .._config import PARALLEL, SERIAL, njit
+from .._config import PARALLEL, SERIAL, njit, serial_twin
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, ELU, GELU = range(8)
 
@@ -97,3 +97,8 @@ def rrelu_backward(z, a, dy, dz):
     """dz[i] = dy[i] (1 if z[i] >= 0 else a[i])."""
     for i in prange(z.shape[0]):
         dz[i] = dy[i] if not z[i] < 0 else a[i] * dy[i]
+
+
+# The same kernels run serially, for ops too small to split (see _config.serial_twin).
+scalar_forward_serial = serial_twin(scalar_forward)
+scalar_backward_serial = serial_twin(scalar_backward)

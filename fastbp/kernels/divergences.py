@@ -9,7 +9,7 @@ import math
 
 from numba import prange
 
-from .._config import PARALLEL, SERIAL, njit
+from .._config import PARALLEL, SERIAL, njit, serial_twin
 from .activations import sigmoid, softplus
 
 
@@ -127,3 +127,13 @@ def sigmoid_binary_kl(z, y, d, div, dz, scale):
             s += (1 - dd) * x + softplus(-x) + xlogx(dd) + xlogx(1 - dd)
             dz[t, k] = (y[t, k] - dd) * scale
         div[t] = s
+
+
+# The same kernels run serially, for ops too small to split (see _config.serial_twin).
+l2_serial = serial_twin(l2)
+kl_probs_serial = serial_twin(kl_probs)
+kl_labels_serial = serial_twin(kl_labels)
+softmax_kl_probs_serial = serial_twin(softmax_kl_probs)
+softmax_kl_labels_serial = serial_twin(softmax_kl_labels)
+binary_kl_serial = serial_twin(binary_kl)
+sigmoid_binary_kl_serial = serial_twin(sigmoid_binary_kl)

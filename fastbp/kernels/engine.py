@@ -1,7 +1,9 @@
 """The engine: a network compiled to a tape of ops, run for whole epochs in compiled code.
 
 A tape row is one op: ``ops[k] = (code, in, out, in_grad, out_grad, n_in, n_out, w, b, a1, a2,
-a3)`` with ``fp[k]`` its float parameter. ``in``/``out`` are activation registers and
+a3, work)`` with ``fp[k]`` its float parameter and ``work`` its operations per row: an op with
+``rows * work < PAR_MIN_WORK`` runs through the serial twin of its kernel (waking the other
+threads would cost more than it saves; far more when another process holds a core). ``in``/``out`` are activation registers and
 ``in_grad``/``out_grad`` gradient registers (-1: not needed); ``regs[r] = (offset, width)``
 places register r in the workspaces ``act`` and ``grad`` for the current batch. Every op calls
 the same leaf kernel as the node's Python class, so the engine and the per-node path give the
@@ -23,6 +25,7 @@ from . import vector as KV
 LINEAR, SCALAR, SOFTMAX, PAIR, POWER, MAX, MUL, FORK = range(1, 9)
 L2, KL_LABELS, KL_PROBS, BKL, SOFTMAX_KL_LABELS, SOFTMAX_KL_PROBS, SIGMOID_BKL = range(1, 8)
 NO_OPT, SGD, ADAM = range(3)
+PAR_MIN_WORK = 1 << 16
 
 
 @njit(**SERIAL)
@@ -37,36 +40,58 @@ def _flat(ws, regs, r, rows):
 
 
 @njit(**SERIAL)
-def tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows):
+def tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows, wt):
     """Run every op of the tape forward on the first ``rows`` rows."""
     for k in range(ops.shape[0]):
-        code, i, o = ops[k, 0], ops[k, 1], ops[k, 2]
+        code, i, o, par = ops[k, 0], ops[k, 1], ops[k, 2], rows * ops[k, 12] >= PAR_MIN_WORK
+        x, y = _reg(act, regs, i, rows), _reg(act, regs, o, rows)
         if code == LINEAR:
             n_in, n_out, w, b = ops[k, 5], ops[k, 6], ops[k, 7], ops[k, 8]
             W = params[w:w + n_out * n_in].reshape((n_out, n_in))
             bias = params[b:b + n_out] if b >= 0 else zeros[:n_out]
-            KD.dense_forward(_reg(act, regs, i, rows), W, bias, _reg(act, regs, o, rows))
+            KD.affine(x, W, bias, y, wt[:n_in * n_out].reshape((n_in, n_out)))
         elif code == SCALAR:
-            KA.scalar_forward(ops[k, 9], fp[k], _flat(act, regs, i, rows),
-                              _flat(act, regs, o, rows))
+            xf, yf = _flat(act, regs, i, rows), _flat(act, regs, o, rows)
+            if par:
+                KA.scalar_forward(ops[k, 9], fp[k], xf, yf)
+            else:
+                KA.scalar_forward_serial(ops[k, 9], fp[k], xf, yf)
         elif code == SOFTMAX:
-            KV.softmax_forward(_reg(act, regs, i, rows), _reg(act, regs, o, rows))
+            if par:
+                KV.softmax_forward(x, y)
+            else:
+                KV.softmax_forward_serial(x, y)
+        elif code == MUL:
+            a, b, yf = (_flat(act, regs, i, rows), _flat(act, regs, ops[k, 9], rows),
+                        _flat(act, regs, o, rows))
+            if par:
+                KP.elementwise_product_forward(a, b, yf)
+            else:
+                KP.elementwise_product_forward_serial(a, b, yf)
         elif code == PAIR:
-            KP.pair_product_forward(_reg(act, regs, i, rows), _reg(act, regs, o, rows))
+            KP.pair_product_forward(x, y)
         elif code == POWER:
             a = consts[ops[k, 9]:ops[k, 9] + ops[k, 5] * ops[k, 6]].reshape((ops[k, 5], ops[k, 6]))
-            KP.power_product_forward(_reg(act, regs, i, rows), a, _reg(act, regs, o, rows))
+            KP.power_product_forward(x, a, y)
         elif code == MAX:
             M = ops[k, 6]
             indptr = iconsts[ops[k, 9]:ops[k, 9] + M + 1]
             indices = iconsts[ops[k, 10]:ops[k, 10] + indptr[M]]
             arg = iact[ops[k, 11]:ops[k, 11] + rows * M].reshape((rows, M))
-            KP.max_forward(_reg(act, regs, i, rows), indptr, indices, _reg(act, regs, o, rows),
-                           arg)
-        elif code == MUL:
-            KP.elementwise_product_forward(_flat(act, regs, i, rows),
-                                           _flat(act, regs, ops[k, 9], rows),
-                                           _flat(act, regs, o, rows))
+            KP.max_forward(x, indptr, indices, y, arg)
+
+
+@njit(**SERIAL)
+def _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows):
+    """dW, db and (where needed) the input gradient of the LINEAR op k."""
+    i, gi, go = ops[k, 1], ops[k, 3], ops[k, 4]
+    n_in, n_out, w, b = ops[k, 5], ops[k, 6], ops[k, 7], ops[k, 8]
+    dz, y = _reg(grad, regs, go, rows), _reg(act, regs, i, rows)
+    dW = grads[w:w + n_out * n_in].reshape((n_out, n_in))
+    db = grads[b:b + n_out] if b >= 0 else dbias[:n_out]
+    W = params[w:w + n_out * n_in].reshape((n_out, n_in))
+    dy = _reg(grad, regs, gi, rows) if gi >= 0 else y  # y: a placeholder, never written
+    KD.affine_backward(dz, y, W, dW, db, dy, gi >= 0)
 
 
 @njit(**SERIAL)
@@ -76,43 +101,43 @@ def tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iac
     activations into the gradient registers."""
     for k in range(last, -1, -1):
         code, i, o, gi, go = ops[k, 0], ops[k, 1], ops[k, 2], ops[k, 3], ops[k, 4]
+        par = rows * ops[k, 12] >= PAR_MIN_WORK
         if code == LINEAR:
-            n_in, n_out, w, b = ops[k, 5], ops[k, 6], ops[k, 7], ops[k, 8]
-            dz = _reg(grad, regs, go, rows)
-            dW = grads[w:w + n_out * n_in].reshape((n_out, n_in))
-            db = grads[b:b + n_out] if b >= 0 else dbias[:n_out]
-            KD.dense_backward_params(dz, _reg(act, regs, i, rows), dW, db)
-            if gi >= 0:
-                W = params[w:w + n_out * n_in].reshape((n_out, n_in))
-                KD.dense_backward_input(dz, W, _reg(grad, regs, gi, rows))
-        elif gi < 0:
+            _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows)
             continue
-        elif code == SCALAR:
-            KA.scalar_backward(ops[k, 9], fp[k], _flat(act, regs, i, rows),
-                               _flat(act, regs, o, rows), _flat(grad, regs, go, rows),
-                               _flat(grad, regs, gi, rows))
+        if gi < 0:
+            continue
+        dx, dy = _reg(grad, regs, gi, rows), _reg(grad, regs, go, rows)
+        if code == SCALAR:
+            args = (_flat(act, regs, i, rows), _flat(act, regs, o, rows),
+                    _flat(grad, regs, go, rows), _flat(grad, regs, gi, rows))
+            if par:
+                KA.scalar_backward(ops[k, 9], fp[k], *args)
+            else:
+                KA.scalar_backward_serial(ops[k, 9], fp[k], *args)
         elif code == SOFTMAX:
-            KV.softmax_vjp(_reg(act, regs, o, rows), _reg(grad, regs, go, rows),
-                           _reg(grad, regs, gi, rows))
+            if par:
+                KV.softmax_vjp(_reg(act, regs, o, rows), dy, dx)
+            else:
+                KV.softmax_vjp_serial(_reg(act, regs, o, rows), dy, dx)
+        elif code == MUL:
+            args = (_flat(act, regs, i, rows), _flat(act, regs, ops[k, 9], rows),
+                    _flat(grad, regs, go, rows), _flat(grad, regs, gi, rows),
+                    _flat(grad, regs, ops[k, 10], rows))
+            if par:
+                KP.elementwise_product_backward(*args)
+            else:
+                KP.elementwise_product_backward_serial(*args)
         elif code == PAIR:
-            KP.pair_product_backward(_reg(act, regs, i, rows), _reg(grad, regs, go, rows),
-                                     _reg(grad, regs, gi, rows))
+            KP.pair_product_backward(_reg(act, regs, i, rows), dy, dx)
         elif code == POWER:
             a = consts[ops[k, 9]:ops[k, 9] + ops[k, 5] * ops[k, 6]].reshape((ops[k, 5], ops[k, 6]))
             x = _reg(act, regs, i, rows)
-            work = np.empty_like(x)
-            KP.power_product_backward(x, a, _reg(grad, regs, go, rows),
-                                      _reg(grad, regs, gi, rows), work)
+            KP.power_product_backward(x, a, dy, dx, np.empty_like(x))
         elif code == MAX:
             M = ops[k, 6]
             arg = iact[ops[k, 11]:ops[k, 11] + rows * M].reshape((rows, M))
-            KP.max_backward(_reg(grad, regs, go, rows), arg, _reg(grad, regs, gi, rows))
-        elif code == MUL:
-            KP.elementwise_product_backward(_flat(act, regs, i, rows),
-                                            _flat(act, regs, ops[k, 9], rows),
-                                            _flat(grad, regs, go, rows),
-                                            _flat(grad, regs, gi, rows),
-                                            _flat(grad, regs, ops[k, 10], rows))
+            KP.max_backward(dy, arg, dx)
         elif code == FORK:
             ga, gb, g = (_flat(grad, regs, ops[k, 9], rows), _flat(grad, regs, ops[k, 10], rows),
                          _flat(grad, regs, gi, rows))
@@ -127,7 +152,13 @@ def loss_stage(kind, regs, y_reg, z_reg, act, grad, labels, d, div, rows):
     Y = _reg(act, regs, y_reg, rows)
     scale = 1.0 / rows
     dv = div[:rows]
-    if kind == L2:
+    if rows * regs[y_reg, 1] < PAR_MIN_WORK and kind == SOFTMAX_KL_LABELS:
+        KDiv.softmax_kl_labels_serial(_reg(act, regs, z_reg, rows), Y, labels[:rows], dv,
+                                      _reg(grad, regs, z_reg, rows), scale)
+    elif rows * regs[y_reg, 1] < PAR_MIN_WORK and kind == SIGMOID_BKL:
+        KDiv.sigmoid_binary_kl_serial(_reg(act, regs, z_reg, rows), Y, d[:rows], dv,
+                                      _reg(grad, regs, z_reg, rows), scale)
+    elif kind == L2:
         KDiv.l2(Y, d[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
     elif kind == KL_LABELS:
         KDiv.kl_labels(Y, labels[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
@@ -156,9 +187,25 @@ def _all_finite(a):
 
 
 @njit(**SERIAL)
+def _update(opt, params, grads, lr, hyper, state1, state2, t):
+    """The optimizer's update of the flat parameters (serially for small networks)."""
+    if params.shape[0] >= PAR_MIN_WORK:
+        if opt == SGD:
+            KO.sgd_step(params, grads, state1, lr, hyper[0], hyper[1] != 0, hyper[2])
+        elif opt == ADAM:
+            KO.adam_step(params, grads, state1, state2, lr, hyper[0], hyper[1], hyper[2],
+                         hyper[3], t)
+    elif opt == SGD:
+        KO.sgd_step_serial(params, grads, state1, lr, hyper[0], hyper[1] != 0, hyper[2])
+    elif opt == ADAM:
+        KO.adam_step_serial(params, grads, state1, state2, lr, hyper[0], hyper[1], hyper[2],
+                            hyper[3], t)
+
+
+@njit(**SERIAL)
 def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act, iact, grad,
                 X, labels, d, order, batch, loss_kind, y_reg, z_reg, last, div, blabels, bd,
-                opt, lr, hyper, state1, state2, t0, out):
+                opt, lr, hyper, state1, state2, t0, out, wt):
     """One epoch: for every batch of rows ``order[lo:lo + batch]``, forward, loss, backward and
     the optimizer's update. ``out`` receives (sum of batch loss * rows, steps done, first bad
     step or -1); a step whose loss or gradient is not finite stops the epoch before its
@@ -178,18 +225,14 @@ def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act
             blabels[r] = labels[src] if labels.shape[0] > 0 else 0
             for c in range(bd.shape[1]):
                 bd[r, c] = d[src, c]
-        tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows)
+        tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows, wt)
         value = loss_stage(loss_kind, regs, y_reg, z_reg, act, grad, blabels, bd, div, rows)
         tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iact, grad,
                       rows, last)
         if not (math.isfinite(value) and _all_finite(grads)):
             out[2] = step
             break
-        if opt == SGD:
-            KO.sgd_step(params, grads, state1, lr, hyper[0], hyper[1] != 0, hyper[2])
-        elif opt == ADAM:
-            KO.adam_step(params, grads, state1, state2, lr, hyper[0], hyper[1], hyper[2],
-                         hyper[3], t0 + step + 1)
+        _update(opt, params, grads, lr, hyper, state1, state2, t0 + step + 1)
         total += value * rows
         step += 1
     out[0] = total

@@ -33,7 +33,8 @@ from fractions import Fraction
 import numpy as np
 from numba import types
 
-from .._config import SERIAL, njit
+from .._config import INLINE, SERIAL, njit
+
 
 # Max error in ulp against the exact value, as measured by tests/test_fastmath.py (asserted).
 MAX_ULP = {
@@ -139,7 +140,7 @@ _L32_0, _L32_1, _L32_2, _L32_3 = _L32
 # float64 leaves
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _exp_parts64(x):
     """n, rh, lo with exp(x) = 2**n (1 + rh + lo), |rh| <= ln2/2, for clamped, non-NaN-safe x."""
     t = x * _INVLN2 + _SHIFT
@@ -164,13 +165,13 @@ def _exp_parts64(x):
     return n, rh, lo
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _pow2_64(n):
     """2.0**n for -1022 <= n <= 1023, built from the exponent bits."""
     return np.int64((n + _B64) << _M64).view(np.float64)
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _exp64(x):
     """exp(x) in float64."""
     x = _EXP_HI if x > _EXP_HI else x  # NaN fails both tests and stays NaN
@@ -183,7 +184,7 @@ def _exp64(x):
     return y * _pow2_64(n - n1)
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _exp2_64(x):
     """exp(x) as hi + lo (lo about 2**-53 hi), for x <= 0 or x <= 80 (no overflow handling)."""
     x = _EXP_LO if x < _EXP_LO else x
@@ -199,7 +200,7 @@ def _exp2_64(x):
     return (h * p1) * p2, (l * p1) * p2
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _expm1_64(x):
     """exp(x) - 1 in float64, accurate near 0."""
     xc = _EXP_HI if x > _EXP_HI else x
@@ -218,7 +219,7 @@ def _expm1_64(x):
     return x if abs(x) < _TINY else y  # keeps -0.0 and subnormals exact
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _log_core64(x, k0, c):
     """log(x) + c for positive finite normal x, k0 added to the exponent (for pre-scaling)."""
     ix = np.float64(x).view(np.int64)
@@ -241,7 +242,7 @@ def _log_core64(x, k0, c):
     return kf * _LN2HI - ((hfsq - (s * (hfsq + R) + (kf * _LN2LO + c))) - f)
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _log64(x):
     """log(x) in float64."""
     sub = x < _MIN_NORMAL
@@ -253,7 +254,7 @@ def _log64(x):
     return _NAN if x < 0.0 else y
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _log1p64(x):
     """log(1 + x) in float64, accurate near 0."""
     w = 1.0 + x
@@ -265,7 +266,7 @@ def _log1p64(x):
     return _NAN if x < -1.0 else y
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _tanh64(x):
     """tanh(x) in float64."""
     ax = abs(x)
@@ -292,7 +293,7 @@ def _tanh64(x):
     return small if ax < _TANH_SMALL else big
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _sigmoid64(x):
     """1 / (1 + exp(-x)) in float64, as e / (1 + e) with e = exp(-|x|) <= 1 on the left."""
     e, el = _exp2_64(-abs(x))
@@ -306,7 +307,7 @@ def _sigmoid64(x):
     return y + (numl - y * dl) * inv
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _softplus64(x):
     """log(1 + exp(x)) in float64, as max(x, 0) + log1p(exp(-|x|))."""
     e, el = _exp2_64(-abs(x))
@@ -320,7 +321,7 @@ def _softplus64(x):
 # float32 leaves: the same schemes with float32 constants and shorter polynomials
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _exp_parts32(x):
     """n, rh, lo with exp(x) = 2**n (1 + rh + lo), float32."""
     t = x * _INVLN2_32 + _SHIFT_32
@@ -338,13 +339,13 @@ def _exp_parts32(x):
     return n, rh, lo
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _pow2_32(n):
     """2.0**n in float32 for -126 <= n <= 127."""
     return np.int32((n + _B32) << _M32).view(np.float32)
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _exp32(x):
     """exp(x) in float32."""
     x = _EXP_HI_32 if x > _EXP_HI_32 else x
@@ -357,7 +358,7 @@ def _exp32(x):
     return y * _pow2_32(n - n1)
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _exp2_32(x):
     """exp(x) as hi + lo in float32, for x <= 40."""
     x = _EXP_LO_32 if x < _EXP_LO_32 else x
@@ -373,7 +374,7 @@ def _exp2_32(x):
     return (h * p1) * p2, (l * p1) * p2
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _expm1_32(x):
     """exp(x) - 1 in float32."""
     xc = _EXP_HI_32 if x > _EXP_HI_32 else x
@@ -390,7 +391,7 @@ def _expm1_32(x):
     return x if abs(x) < _TINY_32 else y
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _log_core32(x, k0, c):
     """log(x) + c for positive finite normal float32 x."""
     ix = np.float32(x).view(np.int32)
@@ -410,7 +411,7 @@ def _log_core32(x, k0, c):
     return kf * _LN2HI_32 - ((hfsq - (s * (hfsq + R) + (kf * _LN2LO_32 + c))) - f)
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _log32(x):
     """log(x) in float32."""
     sub = x < _MIN_NORMAL_32
@@ -422,7 +423,7 @@ def _log32(x):
     return _NAN_32 if x < _ZERO_32 else y
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _log1p32(x):
     """log(1 + x) in float32."""
     w = _ONE_32 + x
@@ -434,7 +435,7 @@ def _log1p32(x):
     return _NAN_32 if x < -_ONE_32 else y
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _tanh32(x):
     """tanh(x) in float32."""
     ax = abs(x)
@@ -455,7 +456,7 @@ def _tanh32(x):
     return small if ax < _TANH_SMALL_32 else big
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _sigmoid32(x):
     """1 / (1 + exp(-x)) in float32."""
     e, el = _exp2_32(-abs(x))
@@ -468,7 +469,7 @@ def _sigmoid32(x):
     return y + (numl - y * dl) * inv
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def _softplus32(x):
     """log(1 + exp(x)) in float32."""
     e, el = _exp2_32(-abs(x))
@@ -482,7 +483,7 @@ def _softplus32(x):
 # public scalar functions: float32 in, float32 out; anything else is computed in float64
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def fexp(x):
     """exp(x)."""
     if isinstance(x, types.float32):
@@ -490,7 +491,7 @@ def fexp(x):
     return _exp64(np.float64(x))
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def fexpm1(x):
     """exp(x) - 1, accurate for small |x| (ELU)."""
     if isinstance(x, types.float32):
@@ -498,7 +499,7 @@ def fexpm1(x):
     return _expm1_64(np.float64(x))
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def flog(x):
     """log(x); log(0) = -inf, log(x < 0) = NaN."""
     if isinstance(x, types.float32):
@@ -506,7 +507,7 @@ def flog(x):
     return _log64(np.float64(x))
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def flog1p(x):
     """log(1 + x), accurate for small |x|."""
     if isinstance(x, types.float32):
@@ -514,7 +515,7 @@ def flog1p(x):
     return _log1p64(np.float64(x))
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def ftanh(x):
     """tanh(x)."""
     if isinstance(x, types.float32):
@@ -522,7 +523,7 @@ def ftanh(x):
     return _tanh64(np.float64(x))
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def fsigmoid(x):
     """1 / (1 + exp(-x)), without overflow for large |x|."""
     if isinstance(x, types.float32):
@@ -530,7 +531,7 @@ def fsigmoid(x):
     return _sigmoid64(np.float64(x))
 
 
-@njit(**SERIAL)
+@njit(**INLINE)
 def fsoftplus(x):
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), without overflow."""
     if isinstance(x, types.float32):

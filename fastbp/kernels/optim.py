@@ -4,7 +4,7 @@ import math
 
 from numba import prange
 
-from .._config import PARALLEL, njit
+from .._config import PARALLEL, njit, serial_twin
 
 
 @njit(**PARALLEL)
@@ -30,3 +30,8 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
         m[i] = beta1 * m[i] + (1 - beta1) * g[i]
         v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i]
         p[i] -= lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
+
+
+# The same kernels run serially, for ops too small to split (see _config.serial_twin).
+sgd_step_serial = serial_twin(sgd_step)
+adam_step_serial = serial_twin(adam_step)

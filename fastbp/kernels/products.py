@@ -2,7 +2,7 @@
 
 from numba import prange
 
-from .._config import PARALLEL, njit
+from .._config import PARALLEL, njit, serial_twin
 
 
 @njit(**PARALLEL)
@@ -94,3 +94,14 @@ def max_backward(dy, arg, dz):
         dz[t, :] = 0
         for j in range(dy.shape[1]):
             dz[t, arg[t, j]] += dy[t, j]
+
+
+# The same kernels run serially, for ops too small to split (see _config.serial_twin).
+elementwise_product_forward_serial = serial_twin(elementwise_product_forward)
+elementwise_product_backward_serial = serial_twin(elementwise_product_backward)
+pair_product_forward_serial = serial_twin(pair_product_forward)
+pair_product_backward_serial = serial_twin(pair_product_backward)
+power_product_forward_serial = serial_twin(power_product_forward)
+power_product_backward_serial = serial_twin(power_product_backward)
+max_forward_serial = serial_twin(max_forward)
+max_backward_serial = serial_twin(max_backward)

@@ -4,7 +4,7 @@ import math
 
 from numba import prange
 
-from .._config import PARALLEL, njit
+from .._config import PARALLEL, njit, serial_twin
 
 
 @njit(**PARALLEL)
@@ -42,3 +42,8 @@ def jacobian_vjp(J, dy, dz):
         for m in range(J.shape[1]):
             for d in range(J.shape[2]):
                 dz[t, d] += dy[t, m] * J[t, m, d]
+
+
+# The same kernels run serially, for ops too small to split (see _config.serial_twin).
+softmax_forward_serial = serial_twin(softmax_forward)
+softmax_vjp_serial = serial_twin(softmax_vjp)

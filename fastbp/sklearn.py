@@ -1,0 +1,781 @@
+"""scikit-learn drop-in estimators: ``MLPClassifier`` and ``MLPRegressor`` trained by fastbp.
+
+Changing ``from sklearn.neural_network import MLPClassifier`` to
+``from fastbp.sklearn import MLPClassifier`` is all a user does: the constructor parameters,
+their meanings, the fitted attributes and the methods are scikit-learn's. Training runs
+scikit-learn's epoch loop (the same shuffling of the same generator, the same batches and
+stopping rules) with each minibatch one compiled :meth:`fastbp.Sequential.train_step`;
+prediction runs through :meth:`fastbp.Sequential.predict`.
+
+Where the two differ, and why
+-----------------------------
+- ``alpha`` (L2 penalty). scikit-learn adds ``alpha * W / batch`` to the gradient of the
+  weights only (not the intercepts) and ``0.5 * alpha * ||W||^2 / batch`` to each batch's loss.
+  fastbp's optimizers decay every parameter, so the estimators pass
+  ``weight_decay = alpha / batch_size`` to :class:`fastbp.SGD` (which adds ``wd * p`` to the
+  gradient: exactly scikit-learn's term for the weights, plus the same term on the intercepts)
+  and to :class:`fastbp.Adam` (which decays decoupled, AdamW-style: ``p -= lr * wd * p`` per
+  step, where scikit-learn feeds the L2 term through Adam's moment estimates). ``loss_`` and
+  ``loss_curve_`` add scikit-learn's penalty ``0.5 * alpha * ||W||^2 * n_batches / n`` computed
+  from the weights at the end of each epoch. ``solver='lbfgs'`` applies the penalty exactly as
+  scikit-learn does (weights only, in the loss and its gradient).
+- Adam's epsilon: fastbp divides by ``sqrt(v_hat) + eps``, scikit-learn by ``sqrt(v) + eps``
+  with the bias correction moved into the step size; the two differ only in the size of eps's
+  contribution (both negligible for the default 1e-8).
+- ReLU's derivative at 0 is 0 in the hidden layers, as in scikit-learn (fastbp's own default is
+  the seed's 1).
+- Sparse input is accepted and converted to a dense array (fastbp's kernels are dense).
+- ``sample_weight`` is not supported (fastbp's divergences have no per-instance weights); the
+  methods do not take the parameter.
+- ``MLPRegressor(loss='poisson')`` is refused (fastbp has no exponential output node).
+"""
+
+import math
+import warnings
+from contextlib import contextmanager
+from numbers import Integral, Real
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.validation import check_is_fitted
+
+from . import io as _io
+from .losses import KL, L2, BinaryKL
+from .network import Sequential
+from .nodes import Linear, ReLU, Sigmoid, activation as _activation_node
+from .optim import SGD, Adam
+from .training import TrainingError
+from .vector import Softmax
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+    def _validate_data(estimator, *args, **kwargs):
+        return estimator._validate_data(*args, **kwargs)
+
+try:
+    from sklearn.utils._param_validation import Interval, Options, StrOptions
+except ImportError:  # pragma: no cover
+    Interval = Options = StrOptions = None
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+_SKLEARN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+_OUTPUT_NODES = {"softmax": Softmax, "logistic": Sigmoid}
+
+
+def _hidden_node(name):
+    """The hidden activation node for an activation name; 'relu' gets scikit-learn's f'(0) = 0."""
+    if str(name).lower() == "relu":
+        return ReLU(grad_at_zero=0.0)
+    return _activation_node(name)
+
+
+def _build_network(layer_units, activation, out_activation, dtype, random_state):
+    """Linear layers with ``activation`` between them and the output node; parameters drawn as
+    scikit-learn draws them (Glorot uniform, bound sqrt(6 / (fan_in + fan_out)), sqrt(2 / ...)
+    for 'logistic', intercepts from the same range), from ``random_state`` in the same order."""
+    nodes, linears = [], []
+    for k, (n_in, n_out) in enumerate(zip(layer_units[:-1], layer_units[1:])):
+        linears.append(Linear(n_in, n_out, init="zeros"))
+        nodes.append(linears[-1])
+        if k < len(layer_units) - 2:
+            nodes.append(_hidden_node(activation))
+    if out_activation in _OUTPUT_NODES:
+        nodes.append(_OUTPUT_NODES[out_activation]())
+    net = Sequential(*nodes, dtype=dtype, seed=0)
+    factor = 2.0 if str(activation).lower() in ("logistic", "sigmoid") else 6.0
+    for lin in linears:
+        bound = np.sqrt(factor / (lin.n_in + lin.n_out))
+        lin.W[...] = random_state.uniform(-bound, bound, (lin.n_in, lin.n_out)).T
+        lin.b[...] = random_state.uniform(-bound, bound, lin.n_out)
+    return net
+
+
+def _linears(net):
+    return [node for node in net.nodes if isinstance(node, Linear)]
+
+
+def _dense(X):
+    return X.toarray() if scipy.sparse.issparse(X) else X
+
+
+@contextmanager
+def _threads(n):
+    """Run with ``n`` numba/BLAS threads (None: leave them as they are)."""
+    if n is None:
+        yield
+        return
+    from . import get_num_threads, set_num_threads
+
+    before = get_num_threads()
+    set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        set_num_threads(before)
+
+
+class _BaseMLP(BaseEstimator):
+    """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`."""
+
+    if Interval is not None:
+        _parameter_constraints: dict = {
+            "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+            "activation": [str],
+            "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+            "alpha": [Interval(Real, 0, None, closed="left")],
+            "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+            "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+            "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+            "power_t": [Interval(Real, 0, None, closed="left")],
+            "max_iter": [Interval(Integral, 1, None, closed="left")],
+            "shuffle": ["boolean"],
+            "random_state": ["random_state"],
+            "tol": [Interval(Real, 0, None, closed="left")],
+            "verbose": ["verbose"],
+            "warm_start": ["boolean"],
+            "momentum": [Interval(Real, 0, 1, closed="both")],
+            "nesterovs_momentum": ["boolean"],
+            "early_stopping": ["boolean"],
+            "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+            "beta_1": [Interval(Real, 0, 1, closed="left")],
+            "beta_2": [Interval(Real, 0, 1, closed="left")],
+            "epsilon": [Interval(Real, 0, None, closed="neither")],
+            "n_iter_no_change": [Interval(Integral, 1, None, closed="left"),
+                                 Options(Real, {np.inf})],
+            "max_fun": [Interval(Integral, 1, None, closed="left")],
+            "dtype": "no_validation",
+            "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+        }
+
+    # -- fitted attributes that live in the network ------------------------------------------
+    @property
+    def coefs_(self):
+        """Weight matrices in scikit-learn's (n_in, n_out) layout: writable views of the
+        network's W (shape (out, in)), so writing into them changes the network."""
+        if "network_" not in self.__dict__:
+            raise AttributeError("coefs_ exists after fit")
+        return [lin.W.T for lin in _linears(self.network_)]
+
+    @coefs_.setter
+    def coefs_(self, coefs):
+        self._set_layers(coefs, "W", lambda a: np.asarray(a).T)
+
+    @property
+    def intercepts_(self):
+        """Bias vectors, writable views of the network's b."""
+        if "network_" not in self.__dict__:
+            raise AttributeError("intercepts_ exists after fit")
+        return [lin.b for lin in _linears(self.network_)]
+
+    @intercepts_.setter
+    def intercepts_(self, intercepts):
+        self._set_layers(intercepts, "b", np.asarray)
+
+    def _set_layers(self, arrays, attr, convert):
+        check_is_fitted(self)
+        lins = _linears(self.network_)
+        if len(arrays) != len(lins):
+            raise ValueError(f"expected {len(lins)} arrays, got {len(arrays)}")
+        new = [convert(a) for a in arrays]
+        for k, (lin, a) in enumerate(zip(lins, new)):
+            if a.shape != getattr(lin, attr).shape:
+                raise ValueError(f"layer {k}: shape {a.shape} does not fit "
+                                 f"{getattr(lin, attr).shape}")
+        for lin, a in zip(lins, new):
+            getattr(lin, attr)[...] = a
+
+    @property
+    def validation_loss_curve_(self):
+        """fastbp extra: the validation loss after every epoch (with ``early_stopping``, on the
+        held-out ``validation_fraction``; None otherwise)."""
+        if "_validation_loss_curve" not in self.__dict__:
+            raise AttributeError("validation_loss_curve_ exists after fit")
+        return self._validation_loss_curve
+
+    def __sklearn_is_fitted__(self):
+        return "network_" in self.__dict__
+
+    # -- pickling: the network's W and b are views into one flat buffer, rebuild them --------
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else dict(vars(self))
+        state = dict(state)
+        net = state.pop("network_", None)
+        if net is not None:
+            state["_network_state"] = (_io.architecture(net), net.flat_params.copy())
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        saved = state.pop("_network_state", None)
+        if hasattr(super(), "__setstate__"):
+            super().__setstate__(state)
+        else:  # pragma: no cover
+            self.__dict__.update(state)
+        if saved is not None:
+            arch, flat = saved
+            net = _io.build(arch)
+            net.flat_params[...] = flat
+            self.network_ = net
+
+    # -- validation -----------------------------------------------------------------------
+    def _check_params(self):
+        if hasattr(self, "_validate_params") and Interval is not None:
+            self._validate_params()
+        try:
+            _hidden_node(self.activation)
+        except ValueError as e:
+            raise ValueError(f"activation: {e}") from None
+        dt = np.dtype(self.dtype) if self.dtype is not None else None
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        sizes = self.hidden_layer_sizes
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if any(isinstance(s, bool) or not isinstance(s, Integral) or s <= 0 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+        return [int(s) for s in sizes], dt
+
+    def _validate_X(self, X, reset):
+        X = _validate_data(self, X, accept_sparse=["csr", "csc"], reset=reset,
+                           dtype=(np.float64, np.float32))
+        return _dense(X)
+
+    # -- fitting --------------------------------------------------------------------------
+    def _fit(self, X, y, incremental=False):
+        hidden, dtype = self._check_params()
+        first_pass = "network_" not in self.__dict__ or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        X = _dense(X)
+        target, n_outputs = self._target(y)
+        layer_units = [X.shape[1]] + hidden + [n_outputs]
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(layer_units, dtype)
+        else:
+            units = [lin.n_in for lin in _linears(self.network_)] + [self.network_.n_out]
+            if units != layer_units:
+                raise ValueError(f"warm_start/partial_fit with layer sizes {layer_units}, but the "
+                                 f"fitted network has {units}")
+            if self.network_.dtype != dtype:
+                self.network_ = self.network_.astype(dtype)
+        with _threads(self.n_threads):
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(X, target)
+            else:
+                self._fit_stochastic(X, y, target, incremental)
+        return self
+
+    def _initialize(self, layer_units, dtype):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = layer_units[-1]
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = self._out_activation()
+        self.network_ = _build_network(layer_units, self.activation, self.out_activation_, dtype,
+                                       self._random_state)
+        self.__dict__.pop("_optimizer", None)
+        if self.solver != "lbfgs":
+            self.loss_curve_ = []
+            self._validation_loss_curve = [] if self.early_stopping else None
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+        else:
+            self._validation_loss_curve = None
+
+    def _loss(self):
+        return L2() if self.out_activation_ == "identity" else \
+            KL() if self.out_activation_ == "softmax" else BinaryKL()
+
+    def _scale(self):
+        # scikit-learn's squared_error is 1/2 the squared error averaged over the outputs;
+        # fastbp's L2 sums over the outputs (the gradient is the same: scikit-learn's delta is
+        # y - d for each output, not divided by the number of outputs).
+        return 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
+
+    def _penalty(self):
+        return 0.5 * self.alpha * sum(float(np.dot(c.ravel(), c.ravel())) for c in
+                                      (lin.W for lin in _linears(self.network_)))
+
+    def _make_optimizer(self, batch_size):
+        wd = self.alpha / batch_size
+        if self.solver == "sgd":
+            return SGD(lr=self.learning_rate_init, momentum=self.momentum,
+                       nesterov=bool(self.nesterovs_momentum) and self.momentum > 0,
+                       weight_decay=wd)
+        return Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
+                    eps=self.epsilon, weight_decay=wd)
+
+    def _fit_stochastic(self, X, y, target, incremental):
+        """scikit-learn's epoch loop (same shuffling, same batches, same stopping rules), each
+        minibatch one compiled ``net.train_step``."""
+        net, loss = self.network_, self._loss()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        X = np.ascontiguousarray(X, dtype=net.dtype)
+        n = X.shape[0]
+        validation = None
+        if self.early_stopping:
+            stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
+            i_train, i_val = train_test_split(np.arange(n), random_state=self._random_state,
+                                              test_size=self.validation_fraction,
+                                              stratify=stratify)
+            if i_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            validation = (X[i_val], y[i_val], target[i_val])
+            X, target = X[i_train], target[i_train]
+            n = X.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n)
+        else:
+            if self.batch_size > n:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                              "going to be clipped")
+            batch_size = int(np.clip(self.batch_size, 1, n))
+        if not incremental or "_optimizer" not in self.__dict__:
+            self._optimizer = self._make_optimizer(batch_size)
+        opt = self._optimizer
+        opt.weight_decay = self.alpha / batch_size
+        n_batches = math.ceil(n / batch_size)
+        scale = self._scale()
+        sample_idx = np.arange(n)
+        best, before = None, net.flat_params.copy()
+        self.n_iter_ = 0
+        try:
+            for _ in range(1 if incremental else self.max_iter):
+                if self.shuffle:
+                    # sklearn.utils.shuffle's draw (without its per-call validation cost)
+                    perm = np.arange(n)
+                    self._random_state.shuffle(perm)
+                    sample_idx = sample_idx[perm]
+                total = 0.0
+                for lo in range(0, n, batch_size):
+                    if self.shuffle:
+                        idx = sample_idx[lo:lo + batch_size]
+                        xb, tb = X[idx], target[idx]
+                    else:
+                        xb, tb = X[lo:lo + batch_size], target[lo:lo + batch_size]
+                    total += net.train_step(xb, tb, loss, opt) * xb.shape[0]
+                self.n_iter_ += 1
+                self.t_ += n
+                self.loss_ = total / n * scale + self._penalty() * n_batches / n
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                if validation is not None:
+                    best = self._validate_epoch(validation, loss, scale, best)
+                else:
+                    self._update_no_improvement_count()
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+                if self._no_improvement_count > self.n_iter_no_change and \
+                        self._trigger_stopping(opt, validation is not None):
+                    break
+                if not incremental and self.n_iter_ == self.max_iter:
+                    warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                                  "optimization hasn't converged yet." % self.max_iter,
+                                  ConvergenceWarning)
+        except TrainingError as e:
+            net.flat_params[...] = before
+            raise ValueError("Solver produced non-finite parameter weights. The input data may "
+                             "contain large values and need to be preprocessed.") from e
+        if best is not None:
+            net.flat_params[...] = best
+
+    def _trigger_stopping(self, opt, early_stopping):
+        """scikit-learn's rule: stop, or with SGD's 'adaptive' schedule divide lr by 5."""
+        what = "Validation score" if early_stopping else "Training loss"
+        msg = (f"{what} did not improve more than tol={self.tol:f} for "
+               f"{self.n_iter_no_change} consecutive epochs.")
+        if self.solver != "sgd" or self.learning_rate != "adaptive":
+            if self.verbose:
+                print(msg + " Stopping.")
+            return True
+        if opt.lr <= 1e-6:
+            if self.verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        opt.lr /= 5.0
+        if self.verbose:
+            print(msg + " Setting learning rate to %f" % opt.lr)
+        self._no_improvement_count = 0
+        return False
+
+    def _validate_epoch(self, validation, loss, scale, best):
+        """Validation score (accuracy or R^2) for early stopping, and the validation loss."""
+        X_val, y_val, t_val = validation
+        Y = self.network_.predict(X_val)
+        if self.out_activation_ != "identity":  # as scikit-learn's log_loss: clip to [eps, 1-eps]
+            eps = np.finfo(Y.dtype).eps
+            Y = np.clip(Y, eps, 1 - eps)
+        self._validation_loss_curve.append(float(loss(Y, t_val)) * scale)
+        score = self._score_raw(X_val, y_val)
+        self.validation_scores_.append(score)
+        if self.verbose:
+            print("Validation score: %f" % score)
+        if score < self.best_validation_score_ + self.tol:
+            self._no_improvement_count += 1
+        else:
+            self._no_improvement_count = 0
+        if score > self.best_validation_score_:
+            self.best_validation_score_ = score
+            best = self.network_.flat_params.copy()
+        return best
+
+    def _update_no_improvement_count(self):
+        if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+            self._no_improvement_count += 1
+        else:
+            self._no_improvement_count = 0
+        if self.loss_curve_[-1] < self.best_loss_:
+            self.best_loss_ = self.loss_curve_[-1]
+
+    def _fit_lbfgs(self, X, target):
+        net, loss = self.network_, self._loss()
+        n, scale = X.shape[0], self._scale()
+        mask = np.zeros(net.flat_params.size, bool)
+        o = 0
+        for p, name in zip(net.params, net.param_names):
+            if name.endswith(".W"):
+                mask[o:o + p.size] = True
+            o += p.size
+        X = np.ascontiguousarray(X, dtype=net.dtype)
+
+        def value_and_grad(p):
+            net.flat_params[...] = p
+            value = net.loss_and_grad(X, target, loss)
+            W = p[mask]
+            g = net.flat_grads.astype(np.float64)
+            g[mask] += self.alpha * W / n
+            return value + 0.5 * self.alpha * float(W @ W) / n, g
+
+        res = scipy.optimize.minimize(
+            value_and_grad, net.flat_params.astype(np.float64), method="L-BFGS-B", jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+        if not np.isfinite(res.x).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input data may "
+                             "contain large values and need to be preprocessed.")
+        net.flat_params[...] = res.x
+        self.n_iter_ = int(min(res.nit, self.max_iter))
+        if res.status != 0:
+            warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                          f"(status={res.status}): {res.message}", ConvergenceWarning)
+        self.loss_ = net.loss_and_grad(X, target, loss) * scale + self._penalty() / n
+
+    def fit(self, X, y):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, incremental=False)
+
+    def _check_solver(self):
+        if self.solver not in ("sgd", "adam"):
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                                 f"{self.solver} is not stochastic.")
+        return True
+
+    # -- prediction ------------------------------------------------------------------------
+    def _forward(self, X, check_input=True):
+        check_is_fitted(self)
+        if check_input:
+            X = self._validate_X(X, reset=False)
+        with _threads(self.n_threads):
+            return self.network_.predict(X)
+
+    def _score_raw(self, X, y):
+        y_pred = self._predict(X, check_input=False)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return (accuracy_score if is_classifier(self) else r2_score)(y, y_pred)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"multilabel": is_classifier(self)}
+
+
+_COMMON_DOC = """
+    Parameters
+    ----------
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
+    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
+    momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
+    n_iter_no_change, max_fun
+        As in scikit-learn, with one extension: ``activation`` is any fastbp activation name
+        (scikit-learn's 'identity', 'logistic', 'tanh', 'relu', and 'leaky_relu', 'elu',
+        'gelu', 'softplus', 'rrelu', 'sigmoid', ...). ``solver='lbfgs'`` minimises the full-batch
+        loss with scipy's L-BFGS-B (``max_iter``, ``max_fun``, ``tol`` as in scikit-learn).
+    dtype : float32 or float64, default float64
+        fastbp extra: the dtype of the network's parameters and computations.
+    n_threads : int or None, default None
+        fastbp extra: threads for fit and predict (None: the current ``fastbp.get_num_threads``).
+
+    Attributes
+    ----------
+    coefs_, intercepts_, n_layers_, n_outputs_, out_activation_, loss_, best_loss_,
+    loss_curve_, validation_scores_, best_validation_score_, n_iter_, t_, n_features_in_,
+    feature_names_in_
+        As in scikit-learn; ``coefs_[i]`` is a (n_in, n_out) writable view of layer i's W.
+    validation_loss_curve_ : list of float or None
+        fastbp extra: the validation loss per epoch (with ``early_stopping``).
+    network_ : fastbp.Sequential
+        fastbp extra: the trained network (``network_.predict``, ``save``, ``fastbp.fit``).
+
+    Notes
+    -----
+    ``alpha`` is applied as ``weight_decay = alpha / batch_size`` on every parameter (see the
+    module docstring of :mod:`fastbp.sklearn` for exactly how this differs from scikit-learn);
+    ``sample_weight`` is not supported.
+"""
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier, scikit-learn's interface, fastbp's training.
+
+    Multiclass targets get a softmax output and the KL divergence (cross-entropy); binary
+    targets one logistic output and binary KL; multilabel indicator targets one logistic output
+    per label, as scikit-learn chooses.
+    """ + _COMMON_DOC + """
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from fastbp.sklearn import MLPClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=30, random_state=0).fit(X, y)
+    >>> clf.score(X, y) > 0.95
+    True
+    """
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype=np.float64, n_threads=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.dtype = dtype
+        self.n_threads = n_threads
+
+    def _out_activation(self):
+        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = _validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                              dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if "classes_" not in self.__dict__ or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in the "
+                        f"previous call to fit. Previously got {self.classes_}, `y` has "
+                        f"{classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                                 f"{self.classes_}. 'y' has {classes}.")
+        return X, y
+
+    def _target(self, y):
+        Y = self._label_binarizer.transform(y)
+        if self._label_binarizer.y_type_ == "multiclass":
+            return np.ascontiguousarray(Y.argmax(axis=1), dtype=np.int64), Y.shape[1]
+        return np.ascontiguousarray(Y, dtype=np.float64), Y.shape[1]
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, classes=None):
+        """Update the model with a single epoch over the given data.
+
+        ``classes`` (all the labels, ``np.unique(y_all)``) is required on the first call.
+        """
+        if _check_partial_fit_first_call(self, classes):
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, incremental=True)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._forward(X, check_input)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        return self._label_binarizer.inverse_transform(y_pred)
+
+    def predict(self, X):
+        """The predicted classes, shape (n_samples,) or (n_samples, n_classes) (multilabel)."""
+        check_is_fitted(self)
+        return self._predict(X)
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
+        check_is_fitted(self)
+        y_pred = self._forward(X)
+        if self.n_outputs_ == 1:
+            p = y_pred.ravel()
+            return np.vstack([1 - p, p]).T
+        return y_pred
+
+    def predict_log_proba(self, X):
+        """log of :meth:`predict_proba`."""
+        y_prob = self.predict_proba(X)
+        return np.log(y_prob, out=y_prob)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor, scikit-learn's interface, fastbp's training.
+
+    Identity output and the squared error: fastbp trains on :class:`fastbp.L2`
+    (1/2 ||y - d||^2 per instance, the gradient scikit-learn uses), and reports ``loss_`` as
+    scikit-learn does (1/2 the squared error averaged over instances and outputs, plus the
+    ``alpha`` penalty).
+
+    Parameters
+    ----------
+    loss : {'squared_error'}
+        'poisson' is refused (fastbp has no exponential output node).
+    """ + _COMMON_DOC + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbp.sklearn import MLPRegressor
+    >>> X = np.random.default_rng(0).uniform(-1, 1, size=(200, 2))
+    >>> y = X[:, 0] ** 2 - X[:, 1]
+    >>> reg = MLPRegressor((32,), activation="tanh", max_iter=300, random_state=0).fit(X, y)
+    >>> reg.score(X, y) > 0.9
+    True
+    """
+
+    if Interval is not None:
+        _parameter_constraints = {**_BaseMLP._parameter_constraints,
+                                  "loss": [StrOptions({"squared_error", "poisson"})]}
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype=np.float64, n_threads=None):
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.dtype = dtype
+        self.n_threads = n_threads
+
+    def _check_params(self):
+        out = super()._check_params()
+        if self.loss != "squared_error":
+            raise ValueError(f"loss={self.loss!r} is not supported by fastbp's MLPRegressor; "
+                             f"use loss='squared_error'")
+        return out
+
+    def _out_activation(self):
+        return "identity"
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = _validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                              y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, y
+
+    def _target(self, y):
+        Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        return np.ascontiguousarray(Y, dtype=np.float64), Y.shape[1]
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y):
+        """Update the model with a single epoch over the given data."""
+        return self._fit(X, y, incremental=True)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._forward(X, check_input)
+        return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
+
+    def predict(self, X):
+        """The predicted values, shape (n_samples,) or (n_samples, n_outputs)."""
+        check_is_fitted(self)
+        return self._predict(X)
