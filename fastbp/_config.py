@@ -15,30 +15,61 @@ Every ``@njit`` in :mod:`fastbp.kernels` takes its options from here (a test che
 - ``ARITH``: for pure arithmetic leaves (dot products, axpy): FMA contraction only. No
   reassociation: with it LLVM may sum the same dot product in a different order in each
   context it compiles it in (measured: a kernel and its serial twin disagreed in the last
-  bit), so results would depend on the compiler rather than the source. Reductions get their
-  vector width from explicit independent accumulators instead. NaN and inf propagate.
+  bit), so results would depend on the compiler rather than the source. Kernels vectorise
+  across independent outputs instead (axpy over a contiguous row). NaN and inf propagate.
+
+Compiled kernels are cached in ``CACHE_DIR`` (see ``_cache_dir``), and ``serial_twin`` makes
+the one-thread copy of a parallel kernel that the engine uses for small ops.
 """
 
+import contextlib
+import hashlib
 import os
+import pathlib
 import tempfile
 import types
 
-# Where the package directory is read-only and numba's user-cache fallback is not writable either,
-# ``cache=True`` fails at import ("no locator available"). Point numba at a writable cache first.
-# This must run before numba is imported.
-if "NUMBA_CACHE_DIR" not in os.environ:
-    _pkg = os.path.dirname(os.path.abspath(__file__))
-    if not os.access(os.path.join(_pkg, "kernels"), os.W_OK):
-        _home = os.path.join(os.path.expanduser("~"), ".cache", "fastbp-numba")
-        try:
-            os.makedirs(_home, exist_ok=True)
-            _ok = os.access(_home, os.W_OK)
-        except OSError:
-            _ok = False
-        os.environ["NUMBA_CACHE_DIR"] = _home if _ok else os.path.join(
-            tempfile.gettempdir(), "fastbp-numba-%d" % os.getuid())
+import numba
 
-import numba  # noqa: E402
+_HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _cache_dir():
+    """Where fastbp's compiled kernels are cached: a folder named by a hash of every kernel
+    source file and the numba version. numba checks only a function's own file, while its
+    cached code holds the callees from other files; a change anywhere in the kernels (an edit,
+    an upgrade) must therefore invalidate all of them. The base is ``NUMBA_CACHE_DIR`` if set,
+    else ``~/.cache/fastbp``, else the temporary folder (a read-only home)."""
+    h = hashlib.sha256(numba.__version__.encode())
+    for f in sorted([_HERE / "_config.py", *(_HERE / "kernels").glob("*.py")]):
+        h.update(f.name.encode() + f.read_bytes())
+    name = "kernels-" + h.hexdigest()[:16]
+    bases = [os.environ.get("NUMBA_CACHE_DIR"), os.path.join(os.path.expanduser("~"), ".cache",
+             "fastbp"), os.path.join(tempfile.gettempdir(), f"fastbp-{os.getuid()}")]
+    for base in filter(None, bases):
+        try:
+            os.makedirs(os.path.join(base, name), exist_ok=True)
+            if os.access(os.path.join(base, name), os.W_OK):
+                return os.path.join(base, name)
+        except OSError:
+            continue
+    return None  # nowhere writable: compile in memory only
+
+
+CACHE_DIR = _cache_dir()
+
+
+@contextlib.contextmanager
+def _kernel_cache():
+    # numba picks a function's cache folder when the dispatcher is made; point it at ours for
+    # fastbp's kernels only, and leave the user's own numba setting as it was.
+    old = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = CACHE_DIR or ""
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = old
+
 
 _FASTMATH = frozenset({"contract"})
 
@@ -51,7 +82,14 @@ ARITH_PARALLEL = dict(PARALLEL, fastmath=set(_FASTMATH))
 
 def njit(**flags):
     """``numba.njit`` with one of the flag sets above; the only decorator kernels use."""
-    return numba.njit(**flags)
+    if CACHE_DIR is None:
+        flags = dict(flags, cache=False)
+
+    def decorate(fn):
+        with _kernel_cache():
+            return numba.njit(**flags)(fn)
+
+    return decorate
 
 
 def serial_twin(kernel):
@@ -65,7 +103,7 @@ def serial_twin(kernel):
     twin.__qualname__ = fn.__qualname__ + "_serial"
     twin.__module__ = fn.__module__
     flags = {k: v for k, v in kernel.targetoptions.items() if k not in ("parallel", "nopython")}
-    return numba.njit(cache=SERIAL["cache"], **flags)(twin)
+    return njit(cache=SERIAL["cache"], **flags)(twin)
 
 
 def set_num_threads(n):

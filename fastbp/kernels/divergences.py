@@ -10,13 +10,14 @@ import math
 from numba import prange
 
 from .._config import PARALLEL, SERIAL, njit, serial_twin
-from .activations import sigmoid, softplus
+from .activations import softplus
+from .fastmath import fexp, flog, flog1p
 
 
 @njit(**SERIAL)
 def xlogx(x):
     """x log x with the limit 0 log 0 = 0."""
-    return 0.0 if x == 0 else x * math.log(x)
+    return 0.0 if x == 0 else x * flog(x)
 
 
 @njit(**SERIAL)
@@ -47,7 +48,7 @@ def kl_probs(Y, d, div, dY, scale):
         s = 0.0
         for i in range(Y.shape[1]):
             if d[t, i] != 0:
-                s += xlogx(d[t, i]) - d[t, i] * math.log(Y[t, i])
+                s += xlogx(d[t, i]) - d[t, i] * flog(Y[t, i])
                 dY[t, i] = -d[t, i] / Y[t, i] * scale
             else:
                 dY[t, i] = 0
@@ -61,7 +62,7 @@ def kl_labels(Y, labels, div, dY, scale):
         c = labels[t]
         dY[t, :] = 0
         dY[t, c] = -1 / Y[t, c] * scale
-        div[t] = -math.log(Y[t, c])
+        div[t] = -flog(Y[t, c])
 
 
 @njit(**SERIAL)
@@ -73,8 +74,8 @@ def _logsumexp(z):
         return m
     s = 0.0
     for i in range(z.shape[0]):
-        s += math.exp(z[i] - m)
-    return m + math.log(s)
+        s += fexp(z[i] - m)
+    return m + flog(s)
 
 
 @njit(**PARALLEL)
@@ -109,9 +110,9 @@ def binary_kl(Y, d, div, dY, scale):
         for k in range(Y.shape[1]):
             y, dd = Y[t, k], d[t, k]
             if dd != 0:
-                s += xlogx(dd) - dd * math.log(y)
+                s += xlogx(dd) - dd * flog(y)
             if dd != 1:
-                s += xlogx(1 - dd) - (1 - dd) * math.log1p(-y)
+                s += xlogx(1 - dd) - (1 - dd) * flog1p(-y)
             dY[t, k] = (y - dd) / (y * (1 - y)) * scale
         div[t] = s
 

@@ -1,10 +1,9 @@
 """Vector activations: every output of a row depends on every input of that row."""
 
-import math
-
 from numba import prange
 
 from .._config import PARALLEL, njit, serial_twin
+from .fastmath import fexp
 
 
 @njit(**PARALLEL)
@@ -16,7 +15,7 @@ def softmax_forward(z, y):
             m = max(m, z[t, i])
         s = 0.0
         for i in range(z.shape[1]):
-            e = math.exp(z[t, i] - m)
+            e = fexp(z[t, i] - m)
             y[t, i] = e
             s += e
         for i in range(z.shape[1]):
