@@ -59,6 +59,37 @@ def _cache_dir():
 CACHE_DIR = _cache_dir()
 
 
+def _prefer_tbb():
+    """Use numba's TBB threading layer where the ``tbb`` package is installed.
+
+    Measured here (784-256-128-10, batch 256, one epoch, 2 threads, other jobs on the machine):
+    OpenMP 2.6 s, TBB 0.23 s; with one more busy process, 4.0 s against 0.41 s. OpenMP's static
+    schedule ends every parallel loop at a barrier that waits for a thread the scheduler has
+    not run yet; TBB's work stealing lets the running thread take the work. TBB is also the
+    layer numba documents as safe for concurrent Python threads and for fork. PyPI's wheel
+    puts ``libtbb.so.12`` where the loader does not look, so it is loaded here by path first.
+    A user's ``NUMBA_THREADING_LAYER`` is respected.
+    """
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    try:
+        from importlib import metadata
+
+        files = metadata.files("tbb") or []
+        libs = [f for f in files if f.name.startswith("libtbb.so.12")]
+        if not libs:
+            return
+        import ctypes
+
+        ctypes.CDLL(str(libs[0].locate()), mode=ctypes.RTLD_GLOBAL)
+    except (ImportError, OSError, metadata.PackageNotFoundError):
+        return
+    numba.config.THREADING_LAYER = "tbb"
+
+
+_prefer_tbb()
+
+
 @contextlib.contextmanager
 def _kernel_cache():
     # numba picks a function's cache folder when the dispatcher is made; point it at ours for
