@@ -189,7 +189,8 @@ def print_table(table, runs, workloads, contenders, applies, quick):
 
     if "W4" in workloads:
         kw = kwargs_for("W4", quick)
-        flops = 6 * sum(a * b for a, b in zip(W4_SIZES[:-1], W4_SIZES[1:])) * kw["batch"] * kw["steps"]
+        weights = sum(a * b for a, b in zip(W4_SIZES[:-1], W4_SIZES[1:]))
+        flops = 6 * weights * kw["batch"] * kw["steps"]
         rates = [f"{con} {flops / table['W4', con] / 1e9:.1f}" for con in contenders
                  if table.get(("W4", con))]
         print("\nW4 GFLOP/s (6 * weights * batch * steps / time): " + (", ".join(rates) or "n/a"))

@@ -3,8 +3,9 @@
 import os
 import time
 
-import fastbp as fb
 import numpy as np
+
+import fastbp as fb
 
 from . import _common as c
 
@@ -20,7 +21,7 @@ def mlp(sizes, act, out, dtype=np.float32):
 
 def fit(net, X, d, loss, lr, batch, epochs):
     return fb.fit(net, X, d, loss=loss, optimizer=fb.SGD(lr=lr), batch_size=batch,
-                  epochs=epochs, tol=0, shuffle=False, progress=False)
+                  epochs=epochs, tol=None, shuffle=False, progress=False)
 
 
 def timed_fit(net, X, d, loss, lr, batch, epochs):
@@ -53,8 +54,8 @@ def w4(steps, batch):
 
 def w5(rows, batch):
     X, d = c.random_rows(rows, 784, batch)
-    a = fb.Sequential(fb.Linear(784, 256), fb.ReLU(), dtype=np.float32)
-    b = fb.Sequential(fb.Linear(784, 256), fb.Sigmoid(), dtype=np.float32)
+    a = fb.Sequential(fb.Linear(784, 256), fb.ReLU())
+    b = fb.Sequential(fb.Linear(784, 256), fb.Sigmoid())
     net = fb.Sequential(fb.Product(a, b), fb.Linear(256, 10), fb.Softmax(),
                         dtype=np.float32, seed=0)
     return timed_fit(net, X, d, fb.KL(), 0.1, batch, 1)
