@@ -30,12 +30,20 @@ def as_float_array(x, name, dtype, ndim=2):
     return a
 
 
-def check_finite(a, name):
-    """Refuse NaN and inf, naming the first position that holds one."""
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        pos = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+def check_finite(a, name, block=1 << 20):
+    """Refuse NaN and inf, naming the first position that holds one. Checks ``block`` elements
+    at a time, so a large (memory-mapped) array needs no temporary of its own size."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return
+    rows = max(1, block // max(1, a[0].size)) if a.ndim > 1 else block
+    bad = next((lo for lo in range(0, a.shape[0], rows)
+                if not np.isfinite(a[lo:lo + rows]).all()), None)
+    if bad is not None:
+        pos = tuple(int(i) for i in np.argwhere(~np.isfinite(a[bad:bad + rows]))[0])
+        pos = (pos[0] + bad,) + pos[1:]
         what = "NaN" if np.isnan(a[pos]) else "inf"
-        where = f"row {pos[0]}, column {pos[1]}" if len(pos) == 2 else f"index {pos}"
+        where = f"row {pos[0]}, column {pos[1]}" if len(pos) == 2 else \
+            f"index {pos[0] if len(pos) == 1 else pos}"
         raise ValueError(f"{name} contains {what} at {where}")
 
 
