@@ -24,8 +24,14 @@ from .network import Sequential
 from .nodes import ELU, GELU, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid, Softplus, Tanh
 from .vector import Softmax
 
-__all__ = ["from_sklearn", "to_sklearn", "from_torch", "to_torch", "state_dict",
-           "load_state_dict"]
+__all__ = [
+    "from_sklearn",
+    "from_torch",
+    "load_state_dict",
+    "state_dict",
+    "to_sklearn",
+    "to_torch",
+]
 
 TORCH_HINT = "pip install torch==2.13.0"
 
@@ -48,9 +54,11 @@ def _flat_nodes(net):
 
 
 def _float_dtype(dtype, default):
-    dt = np.dtype(default if dtype is None else dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        dt = np.dtype(np.float64) if dtype is None else dt
+    """``dtype``, or ``default`` when None (float64 if ``default`` is not a float dtype)."""
+    if dtype is None:
+        dt = np.dtype(default)
+        return dt if dt in (np.dtype(np.float32), np.dtype(np.float64)) else np.dtype(np.float64)
+    dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
     return dt

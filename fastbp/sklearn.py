@@ -9,19 +9,22 @@ prediction runs through :meth:`fastbp.Sequential.predict`.
 
 Where the two differ, and why
 -----------------------------
-- ``alpha`` (L2 penalty). scikit-learn adds ``alpha * W / batch`` to the gradient of the
-  weights only (not the intercepts) and ``0.5 * alpha * ||W||^2 / batch`` to each batch's loss.
-  fastbp's optimizers decay every parameter, so the estimators pass
-  ``weight_decay = alpha / batch_size`` to :class:`fastbp.SGD` (which adds ``wd * p`` to the
-  gradient: exactly scikit-learn's term for the weights, plus the same term on the intercepts)
-  and to :class:`fastbp.Adam` (which decays decoupled, AdamW-style: ``p -= lr * wd * p`` per
-  step, where scikit-learn feeds the L2 term through Adam's moment estimates). ``loss_`` and
-  ``loss_curve_`` add scikit-learn's penalty ``0.5 * alpha * ||W||^2 * n_batches / n`` computed
-  from the weights at the end of each epoch. ``solver='lbfgs'`` applies the penalty exactly as
-  scikit-learn does (weights only, in the loss and its gradient).
-- Adam's epsilon: fastbp divides by ``sqrt(v_hat) + eps``, scikit-learn by ``sqrt(v) + eps``
-  with the bias correction moved into the step size; the two differ only in the size of eps's
-  contribution (both negligible for the default 1e-8).
+- ``alpha`` (L2 penalty). scikit-learn adds ``alpha * W / rows`` to the gradient of the
+  weights only (not the intercepts) and ``0.5 * alpha * ||W||^2 / rows`` to each batch's loss
+  (rows: the rows in the batch). fastbp's optimizers decay every parameter, so before each
+  minibatch the estimators set ``weight_decay = alpha / rows`` on :class:`fastbp.SGD` (which adds
+  ``wd * p`` to the gradient: exactly scikit-learn's term for the weights, plus the same term
+  on the intercepts) and on :class:`fastbp.Adam` (which decays decoupled, AdamW-style,
+  ``p -= lr * wd * p`` per step, where scikit-learn feeds the L2 term through Adam's moment
+  estimates). ``loss_`` and ``loss_curve_`` add scikit-learn's penalty
+  ``0.5 * alpha * ||W||^2 * n_batches / n`` from the weights at the end of each epoch.
+  With ``alpha=0`` SGD and Adam follow scikit-learn's trajectory to rounding (same initial
+  weights from ``random_state``, same shuffles, same batches); with ``alpha > 0`` they differ
+  by the decay of the intercepts (SGD) and by decoupled decay (Adam). ``solver='lbfgs'``
+  applies the penalty exactly as scikit-learn does (weights only, in the loss and gradient).
+- Adam's epsilon: scikit-learn divides by ``sqrt(v) + eps`` with the bias correction moved into
+  the step size, fastbp by ``sqrt(v_hat) + eps``; the estimators pass fastbp
+  ``eps / sqrt(1 - beta_2^t)`` at step t, which makes the two updates equal.
 - ReLU's derivative at 0 is 0 in the hidden layers, as in scikit-learn (fastbp's own default is
   the seed's 1).
 - Sparse input is accepted and converted to a dense array (fastbp's kernels are dense).
@@ -51,7 +54,8 @@ from sklearn.utils.validation import check_is_fitted
 from . import io as _io
 from .losses import KL, L2, BinaryKL
 from .network import Sequential
-from .nodes import Linear, ReLU, Sigmoid, activation as _activation_node
+from .nodes import Linear, ReLU, Sigmoid
+from .nodes import activation as _activation_node
 from .optim import SGD, Adam
 from .training import TrainingError
 from .vector import Softmax
@@ -352,7 +356,7 @@ class _BaseMLP(BaseEstimator):
         if not incremental or "_optimizer" not in self.__dict__:
             self._optimizer = self._make_optimizer(batch_size)
         opt = self._optimizer
-        opt.weight_decay = self.alpha / batch_size
+        adam = isinstance(opt, Adam)
         n_batches = math.ceil(n / batch_size)
         scale = self._scale()
         sample_idx = np.arange(n)
@@ -372,6 +376,11 @@ class _BaseMLP(BaseEstimator):
                         xb, tb = X[idx], target[idx]
                     else:
                         xb, tb = X[lo:lo + batch_size], target[lo:lo + batch_size]
+                    opt.weight_decay = self.alpha / xb.shape[0]
+                    if adam:
+                        # scikit-learn divides by sqrt(v) + eps with the bias correction in the
+                        # step size; fastbp by sqrt(v_hat) + eps: this eps makes them equal.
+                        opt.eps = self.epsilon / math.sqrt(1 - self.beta_2 ** (opt.t + 1))
                     total += net.train_step(xb, tb, loss, opt) * xb.shape[0]
                 self.n_iter_ += 1
                 self.t_ += n
@@ -444,8 +453,7 @@ class _BaseMLP(BaseEstimator):
             self._no_improvement_count += 1
         else:
             self._no_improvement_count = 0
-        if self.loss_curve_[-1] < self.best_loss_:
-            self.best_loss_ = self.loss_curve_[-1]
+        self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
 
     def _fit_lbfgs(self, X, target):
         net, loss = self.network_, self._loss()
@@ -551,9 +559,9 @@ _COMMON_DOC = """
 
     Notes
     -----
-    ``alpha`` is applied as ``weight_decay = alpha / batch_size`` on every parameter (see the
-    module docstring of :mod:`fastbp.sklearn` for exactly how this differs from scikit-learn);
-    ``sample_weight`` is not supported.
+    ``alpha`` is applied as ``weight_decay = alpha / rows`` on every parameter, decoupled with
+    Adam (the module docstring of :mod:`fastbp.sklearn` says exactly how this differs from
+    scikit-learn); ``sample_weight`` is not supported.
 """
 
 
