@@ -10,8 +10,6 @@ import pytest
 import fastbp as fb
 
 DTYPES = (np.float32, np.float64)
-#: widths that are not multiples of any SIMD vector width, and one unit
-WIDTHS = (1, 3, 7, 17, 33)
 
 
 @pytest.fixture
