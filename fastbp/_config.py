@@ -90,6 +90,29 @@ def _prefer_tbb():
 _prefer_tbb()
 
 
+def _single_threaded_blas():
+    """Run the BLAS that numba calls (SciPy's OpenBLAS) on one thread.
+
+    OpenBLAS's results depend on its thread count (measured: 7 of 22 shapes differed between 1
+    and 2 threads), and its threads next to numba's oversubscribe the cores. fastbp's BLAS
+    kernels instead make one GEMM call per fixed block and spread the blocks over numba's
+    threads. NumPy's own OpenBLAS, a separate library, is left as it is.
+    """
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library numba's np.dot uses)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - both are dependencies
+        return
+    libs = [c for c in ThreadpoolController().lib_controllers
+            if c.internal_api == "openblas" and "scipy" in os.path.basename(
+                os.path.dirname(c.filepath))]
+    for lib in libs:
+        lib.set_num_threads(1)
+
+
+_single_threaded_blas()
+
+
 @contextlib.contextmanager
 def _kernel_cache():
     # numba picks a function's cache folder when the dispatcher is made; point it at ours for
@@ -138,7 +161,8 @@ def serial_twin(kernel):
 
 
 def set_num_threads(n):
-    """Set the number of threads for fastbp's kernels and for BLAS together.
+    """Set the number of threads for fastbp's kernels. BLAS calls run one per thread inside
+    them (each single-threaded), so fastbp never uses more than ``n`` threads in all.
 
     Parameters
     ----------
@@ -159,19 +183,8 @@ def set_num_threads(n):
     if not 1 <= n <= top:
         raise ValueError(f"number of threads must be between 1 and {top}, got {n}")
     numba.set_num_threads(n)
-    _limit_blas(n)
 
 
 def get_num_threads():
     """The number of threads fastbp's parallel kernels use."""
     return numba.get_num_threads()
-
-
-def _limit_blas(n):
-    # numba's OpenMP threads next to OpenBLAS threads oversubscribe the cores (a matmul was
-    # measured 40x slower); BLAS calls happen between parallel kernels, so they get the same n.
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return
-    threadpool_limits(n, user_api="blas")

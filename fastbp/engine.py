@@ -107,13 +107,16 @@ class Tape:
         self.iconsts = np.concatenate(self.iconsts) if self.iconsts else np.zeros(0, np.int64)
         self.zeros = np.zeros(max(self.widths), dt)
         self.dbias = np.zeros(max(self.widths), dt)
-        self.wt = np.zeros(max([int(r[5] * r[6]) for r in self.ops if r[0] == KE.LINEAR] + [1]), dt)
         return self
 
     def ensure(self, rows):
         """Workspaces for ``rows`` rows (kept and reused while large enough)."""
         if rows <= self.capacity:
             return
+        # Scratch for W^T (loop kernels) and dz^T (BLAS kernels), shared by all LINEAR ops.
+        lin = self.ops[self.ops[:, 0] == KE.LINEAR]
+        self.wt = np.zeros(max([1] + [int(r[5] * r[6]) for r in lin]
+                               + [int(r[6]) * rows for r in lin]), self.net.dtype)
         widths = np.array(self.widths, np.int64)
         self.regs = np.stack([np.concatenate([[0], np.cumsum(widths[:-1])]) * rows, widths],
                              axis=1).astype(np.int64)

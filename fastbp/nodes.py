@@ -135,7 +135,8 @@ class Linear(Node):
 
     def _backprop(self, y, dz, need_dx=True):
         dy = np.empty_like(y)
-        KD.affine_backward(dz, y, self.W, self.dW, self.db, dy, need_dx)
+        dzT = np.empty((self.n_out, dz.shape[0]), dz.dtype)
+        KD.affine_backward(dz, y, self.W, self.dW, self.db, dy, need_dx, dzT)
         return dy if need_dx else None
 
     def config(self):

@@ -101,23 +101,30 @@ def test_every_kernel_is_tested_here():
 DENSE_SHAPES = [(1, 1, 1), (1, 33, 17), (5, 3, 7), (4, 17, 1), (9, 7, 33)]  # (T, D_in, D_out)
 DENSE_FORWARD = {  # kernel: call with (y, W, b, z)
     "loop": lambda y, W, b, z: KD.dense_forward(y, W, b, z, _scratch_WT(W)),
-    "serial": lambda y, W, b, z: KD.dense_forward_serial(y, W, b, z, _scratch_WT(W)),
     "blas": KD.dense_forward_blas,
+    "blas_serial": KD.dense_forward_blas_serial,
     "affine": lambda y, W, b, z: KD.affine(y, W, b, z, _scratch_WT(W)),
 }
 DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
     "loop": lambda dz, y, W, dW, db, dy: (KD.dense_backward_params(dz, y, dW, db),
                                           KD.dense_backward_input(dz, W, dy)),
-    "serial": lambda dz, y, W, dW, db, dy: (KD.dense_backward_params_serial(dz, y, dW, db),
-                                            KD.dense_backward_input_serial(dz, W, dy)),
-    "blas": lambda dz, y, W, dW, db, dy: (KD.dense_backward_params_blas(dz, y, dW, db),
-                                          KD.dense_backward_input_blas(dz, W, dy)),
-    "affine": lambda dz, y, W, dW, db, dy: KD.affine_backward(dz, y, W, dW, db, dy, True),
+    "blas": lambda dz, y, W, dW, db, dy: (
+        KD.dense_backward_params_blas(dz, y, dW, db, _scratch_dzT(dz)),
+        KD.dense_backward_input_blas(dz, W, dy)),
+    "blas_serial": lambda dz, y, W, dW, db, dy: (
+        KD.dense_backward_params_blas_serial(dz, y, dW, db, _scratch_dzT(dz)),
+        KD.dense_backward_input_blas_serial(dz, W, dy)),
+    "affine": lambda dz, y, W, dW, db, dy: KD.affine_backward(dz, y, W, dW, db, dy, True,
+                                                              _scratch_dzT(dz)),
 }
 
 
 def _scratch_WT(W):
     return np.full((W.shape[1], W.shape[0]), np.nan, W.dtype)
+
+
+def _scratch_dzT(dz):
+    return np.full((dz.shape[1], dz.shape[0]), np.nan, dz.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -168,13 +175,14 @@ def test_dense_backward_overwrites_stale_gradients(rng, dtype):
 
 def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     """``dense_mode`` picks from the sizes alone; ``affine``/``affine_backward`` give exactly
-    what the picked kernel gives (small: serial twin, larger: parallel loop, large: BLAS)."""
-    assert KD.dense_mode(1, 1, 1) == KD.SERIAL_MODE
-    assert KD.dense_mode(8, 128, 64) == KD.PARALLEL_MODE  # 2^16 multiply-adds
-    assert KD.dense_mode(16, 512, 512) == KD.BLAS_MODE  # 2^22
-    assert KD.dense_mode(8, 1024, 512) == KD.PARALLEL_MODE  # BLAS needs T >= 16
-    for (T, n_out, n_in), mode in [((3, 5, 7), "serial"), ((8, 128, 64), "loop"),
-                                   ((16, 512, 512), "blas")]:
+    what the picked kernel gives (tiny: loops, small: BLAS blocks on one thread, larger: BLAS
+    blocks over the threads)."""
+    assert KD.dense_mode(1, 1, 1) == KD.LOOP_MODE
+    assert KD.dense_mode(4, 31, 33) == KD.LOOP_MODE  # 4092 multiply-adds
+    assert KD.dense_mode(4, 32, 32) == KD.BLAS_SERIAL_MODE  # 2^12
+    assert KD.dense_mode(8, 128, 64) == KD.BLAS_MODE  # 2^16
+    for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
+                                   ((3, 100, 300), "blas"), ((16, 512, 512), "blas")]:
         y, W, b = _data(rng, (T, n_in), np.float64), _data(rng, (n_out, n_in), np.float64), \
             _data(rng, (n_out,), np.float64)
         z1, z2 = np.empty((T, n_out)), np.empty((T, n_out))
@@ -190,7 +198,8 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
         assert outs[0] == outs[1], mode
         # need_dy=False leaves dy alone
         dy = np.full((T, n_in), 7.0)
-        KD.affine_backward(dz, y, W, np.empty((n_out, n_in)), np.empty(n_out), dy, False)
+        KD.affine_backward(dz, y, W, np.empty((n_out, n_in)), np.empty(n_out), dy, False,
+                           _scratch_dzT(dz))
         assert (dy == 7).all()
 
 
@@ -640,9 +649,10 @@ def _twin_args(name, rng, dtype):
     arg = np.zeros((T, M), np.int64)
     KP.max_forward(f(T, D), indptr, indices, e(T, M), arg)
     return {
-        "dense_forward": (KD, (f(T, D), f(M, D), f(M), e(T, M), e(D, M)), (3, 4)),
-        "dense_backward_params": (KD, (f(T, M), f(T, D), e(M, D), e(M)), (2, 3)),
-        "dense_backward_input": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
+        # 70 rows: two BLAS blocks of rows (64 + 6); 5 rows: the per-row GEMV path
+        "dense_forward_blas": (KD, (f(70, D), f(M, D), f(M), e(70, M)), (3,)),
+        "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
+        "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
         "scalar_forward": (KA, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),
         "scalar_backward": (KA, (KA.RELU, 1.0, f(T * D), f(T * D), f(T * D), e(T * D)), (5,)),
         "softmax_forward": (KV, (f(T, D), e(T, D)), (1,)),
@@ -669,7 +679,8 @@ def _twin_args(name, rng, dtype):
     }[name]
 
 
-TWINS = ["dense_forward", "dense_backward_params", "dense_backward_input", "scalar_forward",
+TWINS = ["dense_forward_blas", "dense_backward_params_blas", "dense_backward_input_blas",
+         "scalar_forward",
          "scalar_backward", "softmax_forward", "softmax_vjp", "elementwise_product_forward",
          "elementwise_product_backward", "pair_product_forward", "pair_product_backward",
          "power_product_forward", "power_product_backward", "max_forward", "max_backward", "l2",

@@ -1,33 +1,40 @@
 """Affine layer z = y W^T + b and its backward pass (seed notation), three ways.
 
-- Loop kernels (``dense_forward``, ``dense_backward_params``, ``dense_backward_input``): every
-  output element is a running sum in a fixed order of its terms, z[t, j] = b[j] + y[t, 0]
-  W[0, j]^T + y[t, 1] W[1, j]^T + ..., computed as axpy over the contiguous output row, which
-  LLVM vectorises without reordering any sum. ``prange`` runs over blocks of outputs that each
-  iteration owns, and their ``_serial`` twins run the same code on one thread.
-- BLAS kernels (``*_blas``), for products large enough that a tuned GEMM wins.
+- Loop kernels (``dense_forward``, ``dense_backward_params``, ``dense_backward_input``), for
+  tiny products where a BLAS call costs more than the work: every output element is a running
+  sum in a fixed order of its terms, z[t, j] = b[j] + y[t, 0] W[0, j]^T + y[t, 1] W[1, j]^T + ...,
+  computed as axpy over the contiguous output row, which LLVM vectorises without reordering any
+  sum. They run on the calling thread.
+- BLAS kernels (``*_blas``): one single-threaded GEMM per fixed block of outputs (``BLOCK``
+  rows, or ``BLOCK`` units for few rows), blocks spread over numba's threads. OpenBLAS gives
+  different bits with different thread counts (measured on 7 of 22 shapes), so it runs on one
+  thread (see ``_config``) and the blocks, fixed by the sizes alone, carry the parallelism.
 - ``dense_mode`` picks one from the sizes alone, so the per-node path and the engine always pick
-  the same kernel and give the same numbers.
+  the same kernel and give the same numbers. Measured here, BLAS wins from about 8x64x64 up
+  (4-10x at most sizes, 4x for one row of 784x256); the loops only for tiny products.
 """
 
 import numpy as np
 from numba import prange
 
-from .._config import ARITH, ARITH_PARALLEL, SERIAL, njit, serial_twin
+from .._config import ARITH, PARALLEL, SERIAL, njit, serial_twin
 
-SERIAL_MODE, PARALLEL_MODE, BLAS_MODE = 0, 1, 2
-PAR_MIN_WORK = 1 << 16  # multiply-adds below which waking a second thread does not pay
-BLAS_MIN_WORK = 1 << 22  # multiply-adds above which BLAS's GEMM beats the loop kernels
-ROWS, COLS = 8, 512  # output block: 8 rows share each loaded row of W^T; 512 columns in cache
+LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
+BLAS_MIN_WORK = 1 << 12  # multiply-adds from which a BLAS call beats the loop kernels
+PAR_MIN_WORK = 1 << 16  # multiply-adds from which spreading blocks over threads pays
+ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T
+BLOCK = 64  # BLAS kernels' block of rows (or of units, for fewer than FEW rows)
+FEW = 8
 
 
 @njit(**SERIAL)
 def dense_mode(T, n_out, n_in):
-    """The kernel for a (T, n_in) x (n_in, n_out) product: serial, parallel or BLAS."""
+    """The kernels for a (T, n_in) x (n_in, n_out) product: loops, or BLAS blocks on one thread
+    or spread over the threads."""
     work = T * n_out * n_in
-    if work >= BLAS_MIN_WORK and T >= 16:
-        return BLAS_MODE
-    return PARALLEL_MODE if work >= PAR_MIN_WORK else SERIAL_MODE
+    if work < BLAS_MIN_WORK:
+        return LOOP_MODE
+    return BLAS_MODE if work >= PAR_MIN_WORK else BLAS_SERIAL_MODE
 
 
 @njit(**ARITH)
@@ -48,22 +55,21 @@ def _affine_block(y, WT, b, z, t0, t1, j0, j1):
             _axpy(y[t, i], w, z[t, j0:j1])
 
 
-@njit(**ARITH_PARALLEL)
+@njit(**ARITH)
 def dense_forward(y, W, b, z, WT):
-    """z[t, j] = b[j] + sum_i W[j, i] y[t, i]; WT receives W^T; block (rows, columns) owns z."""
-    for i in prange(W.shape[1]):
+    """z[t, j] = b[j] + sum_i W[j, i] y[t, i], i in increasing order; WT receives W^T."""
+    for i in range(W.shape[1]):
         WT[i, :] = W[:, i]
     nt, nj = -(-y.shape[0] // ROWS), -(-W.shape[0] // COLS)
-    for blk in prange(nt * nj):
+    for blk in range(nt * nj):
         t0, j0 = (blk // nj) * ROWS, (blk % nj) * COLS
         _affine_block(y, WT, b, z, t0, min(t0 + ROWS, y.shape[0]), j0, min(j0 + COLS, W.shape[0]))
 
 
-@njit(**ARITH_PARALLEL)
+@njit(**ARITH)
 def dense_backward_params(dz, y, dW, db):
-    """dW[j, i] = sum_t dz[t, j] y[t, i] and db[j] = sum_t dz[t, j], t in increasing order;
-    unit j owns dW[j] and db[j]."""
-    for j in prange(dW.shape[0]):
+    """dW[j, i] = sum_t dz[t, j] y[t, i] and db[j] = sum_t dz[t, j], t in increasing order."""
+    for j in range(dW.shape[0]):
         dW[j, :] = 0
         s = dz.dtype.type(0)
         for t in range(dz.shape[0]):
@@ -72,11 +78,11 @@ def dense_backward_params(dz, y, dW, db):
         db[j] = s
 
 
-@njit(**ARITH_PARALLEL)
+@njit(**ARITH)
 def dense_backward_input(dz, W, dy):
-    """dy[t, i] = sum_j dz[t, j] W[j, i], j in increasing order; block (row, columns) owns dy."""
+    """dy[t, i] = sum_j dz[t, j] W[j, i], j in increasing order."""
     nc = -(-W.shape[1] // COLS)
-    for blk in prange(dz.shape[0] * nc):
+    for blk in range(dz.shape[0] * nc):
         t, i0 = blk // nc, (blk % nc) * COLS
         i1 = min(i0 + COLS, W.shape[1])
         dy[t, i0:i1] = 0
@@ -84,33 +90,59 @@ def dense_backward_input(dz, W, dy):
             _axpy(dz[t, j], W[j, i0:i1], dy[t, i0:i1])
 
 
-@njit(**SERIAL)
+@njit(**PARALLEL)
 def dense_forward_blas(y, W, b, z):
-    """z = y W^T + b through BLAS's GEMM."""
-    np.dot(y, W.T, z)
-    for t in range(z.shape[0]):
-        z[t, :] += b
+    """z = y W^T + b by GEMM on blocks of BLOCK rows (GEMV on blocks of BLOCK units when there
+    are fewer than FEW rows); each block owns its part of z."""
+    T, n_out = z.shape
+    if T >= FEW:
+        for k in prange(-(-T // BLOCK)):
+            lo, hi = k * BLOCK, min(T, (k + 1) * BLOCK)
+            np.dot(y[lo:hi], W.T, z[lo:hi])
+            for t in range(lo, hi):
+                z[t, :] += b
+    else:
+        nj = -(-n_out // BLOCK)
+        for k in prange(T * nj):
+            t, j0 = k // nj, (k % nj) * BLOCK
+            j1 = min(n_out, j0 + BLOCK)
+            np.dot(W[j0:j1], y[t], z[t, j0:j1])
+            z[t, j0:j1] += b[j0:j1]
 
 
-@njit(**SERIAL)
-def dense_backward_params_blas(dz, y, dW, db):
-    """dW = dz^T y through GEMM; db[j] = sum_t dz[t, j] in increasing t."""
-    np.dot(dz.T, y, dW)
-    db[:] = 0
-    for t in range(dz.shape[0]):
-        db += dz[t]
+@njit(**PARALLEL)
+def dense_backward_params_blas(dz, y, dW, db, dzT):
+    """dW = dz^T y by GEMM on blocks of BLOCK units (rows of dW), from dzT = dz^T;
+    db[j] = sum_t dz[t, j] in increasing t."""
+    n_out = dW.shape[0]
+    for j in prange(n_out):
+        dzT[j, :] = dz[:, j]
+        s = dz.dtype.type(0)
+        for t in range(dz.shape[0]):
+            s += dz[t, j]
+        db[j] = s
+    for k in prange(-(-n_out // BLOCK)):
+        j0, j1 = k * BLOCK, min(n_out, (k + 1) * BLOCK)
+        np.dot(dzT[j0:j1], y, dW[j0:j1])
 
 
-@njit(**SERIAL)
+@njit(**PARALLEL)
 def dense_backward_input_blas(dz, W, dy):
-    """dy = dz W through GEMM."""
-    np.dot(dz, W, dy)
+    """dy = dz W by GEMM on blocks of BLOCK rows (GEMV per row when there are few)."""
+    T = dz.shape[0]
+    if T >= FEW:
+        for k in prange(-(-T // BLOCK)):
+            lo, hi = k * BLOCK, min(T, (k + 1) * BLOCK)
+            np.dot(dz[lo:hi], W, dy[lo:hi])
+    else:
+        for t in prange(T):
+            np.dot(dz[t], W, dy[t])
 
 
 # The same kernels run serially, for ops too small to split (see _config.serial_twin).
-dense_forward_serial = serial_twin(dense_forward)
-dense_backward_params_serial = serial_twin(dense_backward_params)
-dense_backward_input_serial = serial_twin(dense_backward_input)
+dense_forward_blas_serial = serial_twin(dense_forward_blas)
+dense_backward_params_blas_serial = serial_twin(dense_backward_params_blas)
+dense_backward_input_blas_serial = serial_twin(dense_backward_input_blas)
 
 
 @njit(**SERIAL)
@@ -119,25 +151,26 @@ def affine(y, W, b, z, WT):
     mode = dense_mode(y.shape[0], W.shape[0], W.shape[1])
     if mode == BLAS_MODE:
         dense_forward_blas(y, W, b, z)
-    elif mode == PARALLEL_MODE:
-        dense_forward(y, W, b, z, WT)
+    elif mode == BLAS_SERIAL_MODE:
+        dense_forward_blas_serial(y, W, b, z)
     else:
-        dense_forward_serial(y, W, b, z, WT)
+        dense_forward(y, W, b, z, WT)
 
 
 @njit(**SERIAL)
-def affine_backward(dz, y, W, dW, db, dy, need_dy):
-    """dW, db and (if ``need_dy``) dy by the kernels ``dense_mode`` picks."""
+def affine_backward(dz, y, W, dW, db, dy, need_dy, dzT):
+    """dW, db and (if ``need_dy``) dy by the kernels ``dense_mode`` picks (dzT: scratch of
+    shape (n_out, T))."""
     mode = dense_mode(dz.shape[0], W.shape[0], W.shape[1])
     if mode == BLAS_MODE:
-        dense_backward_params_blas(dz, y, dW, db)
+        dense_backward_params_blas(dz, y, dW, db, dzT)
         if need_dy:
             dense_backward_input_blas(dz, W, dy)
-    elif mode == PARALLEL_MODE:
+    elif mode == BLAS_SERIAL_MODE:
+        dense_backward_params_blas_serial(dz, y, dW, db, dzT)
+        if need_dy:
+            dense_backward_input_blas_serial(dz, W, dy)
+    else:
         dense_backward_params(dz, y, dW, db)
         if need_dy:
             dense_backward_input(dz, W, dy)
-    else:
-        dense_backward_params_serial(dz, y, dW, db)
-        if need_dy:
-            dense_backward_input_serial(dz, W, dy)

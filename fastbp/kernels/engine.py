@@ -82,7 +82,7 @@ def tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows,
 
 
 @njit(**SERIAL)
-def _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows):
+def _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows, wt):
     """dW, db and (where needed) the input gradient of the LINEAR op k."""
     i, gi, go = ops[k, 1], ops[k, 3], ops[k, 4]
     n_in, n_out, w, b = ops[k, 5], ops[k, 6], ops[k, 7], ops[k, 8]
@@ -91,19 +91,20 @@ def _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows):
     db = grads[b:b + n_out] if b >= 0 else dbias[:n_out]
     W = params[w:w + n_out * n_in].reshape((n_out, n_in))
     dy = _reg(grad, regs, gi, rows) if gi >= 0 else y  # y: a placeholder, never written
-    KD.affine_backward(dz, y, W, dW, db, dy, gi >= 0)
+    dzT = wt[:n_out * rows].reshape((n_out, rows))
+    KD.affine_backward(dz, y, W, dW, db, dy, gi >= 0, dzT)
 
 
 @njit(**SERIAL)
 def tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iact, grad, rows,
-                  last):
+                  last, wt):
     """Run ops ``last`` down to 0 backward: gradients of parameters into ``grads``, of
     activations into the gradient registers."""
     for k in range(last, -1, -1):
         code, i, o, gi, go = ops[k, 0], ops[k, 1], ops[k, 2], ops[k, 3], ops[k, 4]
         par = rows * ops[k, 12] >= PAR_MIN_WORK
         if code == LINEAR:
-            _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows)
+            _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows, wt)
             continue
         if gi < 0:
             continue
@@ -228,7 +229,7 @@ def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act
         tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows, wt)
         value = loss_stage(loss_kind, regs, y_reg, z_reg, act, grad, blabels, bd, div, rows)
         tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iact, grad,
-                      rows, last)
+                      rows, last, wt)
         if not (math.isfinite(value) and _all_finite(grads)):
             out[2] = step
             break
