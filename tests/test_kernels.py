@@ -66,7 +66,7 @@ TESTED = {
     "dense": {"_axpy", "_affine_block", "dense_mode", "dense_forward", "dense_backward_params",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas", "affine", "affine_backward"},
-    "activations": {"_f", "_df", "scalar_forward", "scalar_backward",
+    "activations": {"_gelu", "_dgelu", "scalar_forward", "scalar_backward",
                     "rrelu_forward", "rrelu_backward"},
     "vector": {"softmax_forward", "softmax_vjp", "jacobian_vjp"},
     "products": {"elementwise_product_forward", "elementwise_product_backward",
@@ -180,7 +180,8 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert KD.dense_mode(1, 1, 1) == KD.LOOP_MODE
     assert KD.dense_mode(4, 31, 33) == KD.LOOP_MODE  # 4092 multiply-adds
     assert KD.dense_mode(4, 32, 32) == KD.BLAS_SERIAL_MODE  # 2^12
-    assert KD.dense_mode(8, 128, 64) == KD.BLAS_MODE  # 2^16
+    assert KD.dense_mode(8, 128, 64) == KD.BLAS_MODE  # 2^16 in two blocks of units
+    assert KD.dense_mode(32, 64, 64) == KD.BLAS_SERIAL_MODE  # 2^17 but one block
     for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
                                    ((3, 100, 300), "blas"), ((16, 512, 512), "blas")]:
         y, W, b = _data(rng, (T, n_in), np.float64), _data(rng, (n_out, n_in), np.float64), \
@@ -304,13 +305,15 @@ def test_scalar_forward_propagates_nan(name):
 
 @pytest.mark.parametrize("name", sorted(SCALAR_KINDS))
 def test_scalar_leaves(name):
-    """The leaf functions ``_f`` and ``_df`` (and ``sigmoid``/``softplus``) point by point."""
+    """f and f' of each kind point by point, one element at a time (and ``sigmoid``/``softplus``)."""
     kind, p = SCALAR_KINDS[name]
     f, df = R.SCALAR[name]
     for z in (-3.5, -0.25, 0.0, 0.75, 4.0):
-        y = KA._f(kind, p, z)
-        R.assert_close(y, f(z, p), scale=1 + abs(z), what=f"{name} f({z})")
-        R.assert_close(KA._df(kind, p, z, y), df(z, p), scale=1 + abs(z), what=f"{name} f'({z})")
+        zz, y, dz = np.array([z]), np.empty(1), np.empty(1)
+        KA.scalar_forward(kind, p, zz, y)
+        KA.scalar_backward(kind, p, zz, y, np.ones(1), dz)
+        R.assert_close(y[0], f(z, p), scale=1 + abs(z), what=f"{name} f({z})")
+        R.assert_close(dz[0], df(z, p), scale=1 + abs(z), what=f"{name} f'({z})")
     for z in (-1000.0, -3.0, 0.0, 2.0, 1000.0):
         R.assert_close(KA.sigmoid(z), R.scalar_forward("sigmoid", np.array([z]))[0],
                        what="sigmoid")

@@ -10,7 +10,7 @@ import math
 
 from numba import prange
 
-from .._config import PARALLEL, SERIAL, njit, serial_twin
+from .._config import INLINE, PARALLEL, njit, serial_twin
 from .fastmath import fexp, fexpm1, fsigmoid, fsoftplus, ftanh
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, ELU, GELU = range(8)
@@ -22,58 +22,76 @@ _INV_SQRT_2PI = 0.3989422804014327
 sigmoid, softplus = fsigmoid, fsoftplus  # stable for any z: exp(-|z|) never overflows
 
 
-@njit(**SERIAL)
-def _f(kind, p, z):
-    """y = f(z). ``not z < 0`` keeps NaN as NaN where ``z >= 0`` would map it to 0."""
-    if kind == IDENTITY:
-        return z
-    if kind == SIGMOID:
-        return sigmoid(z)
-    if kind == TANH:
-        return ftanh(z)
-    if kind == RELU:
-        return z if not z < 0 else 0 * z
-    if kind == LEAKY_RELU:
-        return z if not z < 0 else p * z
-    if kind == SOFTPLUS:
-        return softplus(z)
-    if kind == ELU:
-        return z if not z < 0 else p * fexpm1(z)
-    return 0.5 * z * (1 + math.erf(z * _SQRT_HALF))  # GELU, exact (erf) form
+@njit(**INLINE)
+def _gelu(z):
+    return 0.5 * z * (1 + math.erf(z * _SQRT_HALF))
 
 
-@njit(**SERIAL)
-def _df(kind, p, z, y):
-    """f'(z), from z and y = f(z); at the kink z = 0 the seed's convention (the z >= 0 branch)."""
-    if kind == IDENTITY:
-        return 1
-    if kind == SIGMOID:
-        return y * (1 - y)
-    if kind == TANH:
-        return 1 - y * y
-    if kind == RELU:
-        return 0 if z < 0 else (p if z == 0 else 1)
-    if kind == LEAKY_RELU:
-        return p if z < 0 else 1
-    if kind == SOFTPLUS:
-        return sigmoid(z)
-    if kind == ELU:
-        return y + p if z < 0 else 1
+@njit(**INLINE)
+def _dgelu(z):
     return 0.5 * (1 + math.erf(z * _SQRT_HALF)) + z * _INV_SQRT_2PI * fexp(-0.5 * z * z)
 
 
 @njit(**PARALLEL)
 def scalar_forward(kind, p, z, y):
-    """y[i] = f(z[i]) over flat arrays."""
-    for i in prange(z.shape[0]):
-        y[i] = _f(kind, p, z[i])
+    """y[i] = f(z[i]) over flat arrays. One loop per kind (the branch outside the loop, so each
+    loop vectorises). ``not z < 0`` keeps NaN as NaN where ``z >= 0`` would map it to 0."""
+    n = z.shape[0]
+    if kind == IDENTITY:
+        for i in prange(n):
+            y[i] = z[i]
+    elif kind == SIGMOID:
+        for i in prange(n):
+            y[i] = fsigmoid(z[i])
+    elif kind == TANH:
+        for i in prange(n):
+            y[i] = ftanh(z[i])
+    elif kind == RELU:
+        for i in prange(n):
+            y[i] = z[i] if not z[i] < 0 else 0 * z[i]
+    elif kind == LEAKY_RELU:
+        for i in prange(n):
+            y[i] = z[i] if not z[i] < 0 else p * z[i]
+    elif kind == SOFTPLUS:
+        for i in prange(n):
+            y[i] = fsoftplus(z[i])
+    elif kind == ELU:
+        for i in prange(n):
+            y[i] = z[i] if not z[i] < 0 else p * fexpm1(z[i])
+    else:  # GELU, the exact (erf) form
+        for i in prange(n):
+            y[i] = _gelu(z[i])
 
 
 @njit(**PARALLEL)
 def scalar_backward(kind, p, z, y, dy, dz):
-    """dz[i] = dy[i] f'(z[i]) over flat arrays (the diagonal Jacobian)."""
-    for i in prange(z.shape[0]):
-        dz[i] = dy[i] * _df(kind, p, z[i], y[i])
+    """dz[i] = dy[i] f'(z[i]) over flat arrays (the diagonal Jacobian), f' from z and y = f(z);
+    at the kink z = 0 the seed's convention (the z >= 0 branch; ReLU's f'(0) = p)."""
+    n = z.shape[0]
+    if kind == IDENTITY:
+        for i in prange(n):
+            dz[i] = dy[i]
+    elif kind == SIGMOID:
+        for i in prange(n):
+            dz[i] = dy[i] * (y[i] * (1 - y[i]))
+    elif kind == TANH:
+        for i in prange(n):
+            dz[i] = dy[i] * (1 - y[i] * y[i])
+    elif kind == RELU:
+        for i in prange(n):
+            dz[i] = dy[i] * (0 if z[i] < 0 else (p if z[i] == 0 else 1))
+    elif kind == LEAKY_RELU:
+        for i in prange(n):
+            dz[i] = dy[i] * (p if z[i] < 0 else 1)
+    elif kind == SOFTPLUS:
+        for i in prange(n):
+            dz[i] = dy[i] * fsigmoid(z[i])
+    elif kind == ELU:
+        for i in prange(n):
+            dz[i] = dy[i] * (y[i] + p if z[i] < 0 else 1)
+    else:
+        for i in prange(n):
+            dz[i] = dy[i] * _dgelu(z[i])
 
 
 @njit(**PARALLEL)

@@ -34,7 +34,9 @@ def dense_mode(T, n_out, n_in):
     work = T * n_out * n_in
     if work < BLAS_MIN_WORK:
         return LOOP_MODE
-    return BLAS_MODE if work >= PAR_MIN_WORK else BLAS_SERIAL_MODE
+    unit_blocks = -(-n_out // BLOCK)
+    blocks = max(-(-T // BLOCK) if T >= FEW else T * unit_blocks, unit_blocks)
+    return BLAS_MODE if work >= PAR_MIN_WORK and blocks >= 2 else BLAS_SERIAL_MODE
 
 
 @njit(**ARITH)
