@@ -50,7 +50,9 @@ def _optimizer(args):
 
 def _read_data(path, target_col):
     if path.endswith(".npy"):
-        data = np.load(path, allow_pickle=False)
+        from .io import read_npy
+
+        data = read_npy(path)
     else:
         data = np.loadtxt(path, delimiter=",", ndmin=2)
     if data.ndim != 2 or data.shape[1] < 2:

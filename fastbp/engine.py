@@ -187,9 +187,9 @@ def optimizer_args(opt, net):
     raise Unsupported(f"{type(opt).__name__} is not a built-in optimizer")
 
 
-def run_epoch(net, X, target, loss, opt, order, batch):
+def run_epoch(net, X, target, loss, opt, order, batch, count=False):
     """One training epoch in compiled code; returns (sum of batch losses * rows, steps, first
-    non-finite step or -1)."""
+    non-finite step or -1, rows classified right while training if ``count``)."""
     tape = compile_tape(net, True)
     if tape is None:
         raise Unsupported("the network holds a node the engine cannot run")
@@ -201,12 +201,12 @@ def run_epoch(net, X, target, loss, opt, order, batch):
     bl = np.zeros(batch, np.int64)
     bd = np.zeros((batch, d.shape[1]), net.dtype)
     div = np.zeros(batch, np.float64)
-    out = np.zeros(3, np.float64)
+    out = np.zeros(4, np.float64)
     last = len(tape.ops) - (2 if fused else 1)
     z_reg = int(tape.ops[-1, 1])
     KE.train_epoch(tape.ops, tape.fp, tape.regs, net.flat_params, net.flat_grads, tape.zeros,
                    tape.dbias, tape.consts, tape.iconsts, tape.act, tape.iact, tape.grad, X,
                    labels, d, order, batch, kind, tape.y, z_reg, last, div, bl, bd, code,
-                   opt.current_lr(), hyper, s1, s2, opt.t, out, tape.wt)
+                   opt.current_lr(), hyper, s1, s2, opt.t, out, tape.wt, count)
     opt.t += int(out[1])
-    return out[0], int(out[1]), int(out[2])
+    return out[0], int(out[1]), int(out[2]), int(out[3])

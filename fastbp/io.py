@@ -104,6 +104,36 @@ def write_npz(path, arrays):
         raise
 
 
+def _checked_header(f, size, what, max_bytes):
+    """Read an .npy header from ``f`` (of ``size`` bytes in all) and refuse object arrays and
+    claimed sizes beyond the bytes after the header (so nothing huge is allocated for a small,
+    lying file)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject:
+        raise CheckpointError(f"{what} is an object array; refused")
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    available = size - f.tell()
+    if claimed > available or claimed > max_bytes:
+        raise CheckpointError(f"{what} claims {claimed} bytes but holds {available}")
+
+
+def read_npy(path, max_bytes=1 << 34):
+    """One array from an ``.npy`` file: no pickles, no object arrays, no header that claims
+    more data than the file holds."""
+    try:
+        with open(path, "rb") as f:
+            _checked_header(f, os.fstat(f.fileno()).st_size, str(path), max_bytes)
+        return np.load(path, allow_pickle=False)
+    except CheckpointError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable .npy file ({e})") from e
+
+
 def read_npz(path, max_bytes=1 << 34):
     """Every array in an ``.npz`` file, refusing pickles, object arrays, and headers that claim
     more data than the archive holds."""
@@ -119,18 +149,8 @@ def read_npz(path, max_bytes=1 << 34):
                 raise CheckpointError(f"{path}: unexpected member {name!r}")
             try:
                 with zf.open(info) as f:
-                    head = io.BytesIO(f.read(1 << 16))
-                    version = np.lib.format.read_magic(head)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-                    else:
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-                if dtype.hasobject:
-                    raise CheckpointError(f"{path}: {name} is an object array; refused")
-                claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-                if claimed > info.file_size or claimed > max_bytes:
-                    raise CheckpointError(f"{path}: {name} claims {claimed} bytes but the "
-                                          f"archive holds {info.file_size}")
+                    _checked_header(io.BytesIO(f.read(1 << 16)), info.file_size,
+                                    f"{path}: {name}", max_bytes)
                 with zf.open(info) as f:
                     out[name[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
             except CheckpointError:

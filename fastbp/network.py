@@ -252,7 +252,7 @@ class Sequential(Node):
         else:
             value, dY = loss.value_and_grad(Y, target)
             dX = self._backprop(ctxs, dY, need_dx)
-        self._ctx, self._out_shape = ctxs, Y.shape
+        self._ctx, self._out_shape, self._last_output = ctxs, Y.shape, Y
         return value, dX
 
     def train_step(self, X, d, loss, optimizer):
@@ -268,7 +268,7 @@ class Sequential(Node):
         use_engine = _engine_for(self, loss, target, optimizer, "auto")
         self.train()
         return _run_epoch(self, X, target, loss, optimizer, None, X.shape[0], 0, History(),
-                          use_engine) / X.shape[0]
+                          use_engine)[0] / X.shape[0]
 
     def save(self, path):
         """Write the architecture (JSON) and parameters to an ``.npz`` file, atomically."""

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from . import _checks, io
+from .kernels import divergences as KDiv
 from .losses import KL, BinaryKL
 
 
@@ -17,8 +18,13 @@ class TrainingError(FloatingPointError):
 
 
 class History:
-    """Per-epoch records of a fit: ``loss``, ``val_loss``, ``accuracy``, ``val_accuracy`` (for
-    classifiers), ``epoch_time``, and why training stopped (``stop_reason``)."""
+    """Per-epoch records of a fit: ``loss`` (the mean of the batch losses, each row weighted
+    once), ``val_loss``, ``accuracy`` and ``val_accuracy`` (for KL and BinaryKL), ``lr``,
+    ``epoch_time``, and why training stopped (``stop_reason``).
+
+    ``accuracy`` is the running training accuracy, as Keras reports it: the fraction of rows
+    classified right by the network of the step that trained on them (no second pass over the
+    training data); ``val_accuracy`` is measured after the epoch."""
 
     def __init__(self):
         self.loss, self.val_loss, self.accuracy, self.val_accuracy = [], [], [], []
@@ -38,23 +44,31 @@ class History:
         return f"History(epochs={self.epochs}{last}{val}, stop_reason={self.stop_reason!r})"
 
 
+def _classifies(loss, net):
+    return isinstance(loss, KL) or (isinstance(loss, BinaryKL) and net.n_out == 1)
+
+
+def _correct(Y, target):
+    """Rows of Y classified right (see ``kernels.divergences.correct``)."""
+    labels = target if target.ndim == 1 else np.zeros(0, np.int64)
+    d = target if target.ndim == 2 else Y[:0]
+    return KDiv.correct(Y, labels, d)
+
+
 def accuracy_of(net, X, target, loss):
-    """Fraction of rows classified right (KL: argmax; BinaryKL: y >= 0.5), or None."""
-    if not isinstance(loss, (KL, BinaryKL)):
+    """Fraction of rows of X the network (in evaluation mode) classifies right: argmax for KL
+    (first index on ties), y >= 0.5 for BinaryKL with one output; None for other losses."""
+    if not _classifies(loss, net):
         return None
-    Y = net._apply(X, False)[0]
-    if isinstance(loss, BinaryKL):
-        return float(np.mean((Y >= 0.5) == (target >= 0.5)))
-    labels = target if target.ndim == 1 else target.argmax(axis=1)
-    return float(np.mean(Y.argmax(axis=1) == labels))
+    return _correct(net.predict(X), target) / X.shape[0]
 
 
 def train_step(net, X, target, loss, optimizer):
     """One forward, backward and update on a prepared batch; refuses a non-finite step."""
     value, _ = net._loss_and_grad(X, target, loss, need_dx=False)
     if not math.isfinite(value) or not np.isfinite(net.flat_grads).all():
-        raise TrainingError(f"the loss or a gradient is not finite (loss {value}); parameters "
-                            f"are unchanged")
+        raise TrainingError("the loss or a gradient is not finite; parameters are those of "
+                            "the last good step")
     optimizer.step(net)
     return value
 
@@ -156,13 +170,13 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
             t0 = time.perf_counter()
             optimizer.set_epoch(epoch)
             order = rng.permutation(T) if shuffle and batch_size is not None else None
-            total = _run_epoch(net, X, target, loss, optimizer, order, batch_size or T, epoch,
-                               history, use_engine)
+            total, right = _run_epoch(net, X, target, loss, optimizer, order,
+                                      batch_size or T, epoch, history, use_engine,
+                                      _classifies(loss, net))
             history.loss.append(total / T)
             history.lr.append(optimizer.current_lr())
-            acc = accuracy_of(net, X, target, loss)
-            if acc is not None:
-                history.accuracy.append(acc)
+            if _classifies(loss, net):
+                history.accuracy.append(right / T)
             if validation is not None:
                 vl = net._loss_value(Xv, tv, loss)[0]
                 history.val_loss.append(vl)
@@ -211,20 +225,23 @@ def _engine_for(net, loss, target, optimizer, engine):
     return True
 
 
-def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, use_engine):
-    """One epoch through the engine or node by node; returns sum of batch loss * rows."""
+def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, use_engine,
+               count=False):
+    """One epoch through the engine or node by node; returns (sum of batch loss * rows, rows
+    classified right while training, if ``count``)."""
     T = X.shape[0]
     if use_engine:
         from . import engine as E
 
-        total, _, bad = E.run_epoch(net, X, target, loss, optimizer,
-                                    np.arange(T) if order is None else order, batch)
+        total, _, bad, right = E.run_epoch(net, X, target, loss, optimizer,
+                                           np.arange(T) if order is None else order, batch,
+                                           count)
         if bad >= 0:
             history.stop_reason = "non-finite"
             raise TrainingError(f"epoch {epoch}, step {bad}: the loss or a gradient is not "
                                 f"finite; parameters are those of the last good step")
-        return total
-    total = 0.0
+        return total, right
+    total, right = 0.0, 0
     for step, lo in enumerate(range(0, T, batch)):
         idx = slice(lo, lo + batch) if order is None else order[lo:lo + batch]
         xb, tb = (X, target) if batch == T and order is None else (X[idx], target[idx])
@@ -234,7 +251,9 @@ def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, us
             history.stop_reason = "non-finite"
             raise TrainingError(f"epoch {epoch}, step {step}: {e}") from None
         total += value * xb.shape[0]
-    return total
+        if count:
+            right += _correct(net._last_output, tb)
+    return total, right
 
 
 def _should_stop(history, tol, patience, callbacks, epoch, net):

@@ -72,7 +72,8 @@ TESTED = {
     "products": {"elementwise_product_forward", "elementwise_product_backward",
                  "pair_product_forward", "pair_product_backward", "power_product_forward",
                  "power_product_backward", "max_forward", "max_backward"},
-    "divergences": {"xlogx", "mean", "l2", "kl_probs", "kl_labels", "_logsumexp", "softmax_kl_probs",
+    "divergences": {"xlogx", "mean", "correct", "l2", "kl_probs", "kl_labels", "_logsumexp",
+                    "softmax_kl_probs",
                     "softmax_kl_labels", "binary_kl", "sigmoid_binary_kl"},
 }
 
@@ -703,3 +704,34 @@ def test_serial_twin_is_bit_identical(rng, dtype, name):
     twin(*copy)
     for k in outs:
         assert args[k].tobytes() == copy[k].tobytes(), f"{name}: output {k} differs"
+
+
+def _correct_reference(Y, labels=None, d=None):
+    """Rows classified right, written out: first index of the largest output (ties to the
+    first), against the label, the largest target, or for one output y >= 0.5 vs d >= 0.5."""
+    n = 0
+    for t in range(Y.shape[0]):
+        if Y.shape[1] == 1 and labels is None:
+            n += (Y[t, 0] >= 0.5) == (d[t, 0] >= 0.5)
+            continue
+        best = max(range(Y.shape[1]), key=lambda i: (Y[t, i], -i))
+        want = labels[t] if labels is not None else max(range(d.shape[1]),
+                                                          key=lambda i: (d[t, i], -i))
+        n += best == want
+    return n
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_correct_counts_rows_classified_right(rng, dtype):
+    Y = rng.random((40, 4)).astype(dtype)
+    Y[:5] = 0.25  # all tied: argmax is the first index
+    labels = rng.integers(0, 4, 40)
+    labels[:3] = 0
+    d = rng.dirichlet(np.ones(4), 40).astype(dtype)
+    no_labels, no_d = np.zeros(0, np.int64), Y[:0]
+    assert KDiv.correct(Y, labels, no_d) == _correct_reference(Y, labels=labels)
+    assert KDiv.correct(Y, no_labels, d) == _correct_reference(Y, d=d)
+    y1 = np.array([[0.5], [0.49], [0.9], [0.1]], dtype)
+    d1 = np.array([[1.0], [1.0], [0.0], [0.0]], dtype)
+    assert KDiv.correct(y1, no_labels, d1) == _correct_reference(y1, d=d1) == 2
+    assert KDiv.correct(Y[:5], labels[:5], no_d) == 3  # ties go to index 0

@@ -29,6 +29,31 @@ def mean(div):
     return s / div.shape[0]
 
 
+@njit(**SERIAL)
+def correct(Y, labels, d):
+    """How many rows of Y are classified right: argmax against ``labels`` when given (first
+    index on ties), else argmax against the argmax of probability rows ``d``, or for one
+    output y >= 0.5 against d >= 0.5. The training accuracy of an epoch sums this per batch."""
+    n = 0
+    for t in range(Y.shape[0]):
+        if Y.shape[1] == 1 and labels.shape[0] == 0:
+            n += (Y[t, 0] >= 0.5) == (d[t, 0] >= 0.5)
+            continue
+        best = 0
+        for i in range(1, Y.shape[1]):
+            if Y[t, i] > Y[t, best]:
+                best = i
+        if labels.shape[0] > 0:
+            n += best == labels[t]
+        else:
+            want = 0
+            for i in range(1, d.shape[1]):
+                if d[t, i] > d[t, want]:
+                    want = i
+            n += best == want
+    return n
+
+
 @njit(**PARALLEL)
 def l2(Y, d, div, dY, scale):
     """Div = 1/2 sum_i (y_i - d_i)^2; dY = (y - d) scale."""

@@ -206,15 +206,16 @@ def _update(opt, params, grads, lr, hyper, state1, state2, t):
 @njit(**SERIAL)
 def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act, iact, grad,
                 X, labels, d, order, batch, loss_kind, y_reg, z_reg, last, div, blabels, bd,
-                opt, lr, hyper, state1, state2, t0, out, wt):
+                opt, lr, hyper, state1, state2, t0, out, wt, count):
     """One epoch: for every batch of rows ``order[lo:lo + batch]``, forward, loss, backward and
     the optimizer's update. ``out`` receives (sum of batch loss * rows, steps done, first bad
-    step or -1); a step whose loss or gradient is not finite stops the epoch before its
-    update."""
+    step or -1, rows classified right as they were trained on); a step whose loss or gradient
+    is not finite stops the epoch before its update."""
     T = order.shape[0]
     n_in = X.shape[1]
     total = 0.0
     step = 0
+    right = 0
     out[2] = -1
     for lo in range(0, T, batch):
         rows = min(batch, T - lo)
@@ -233,8 +234,12 @@ def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act
         if not (math.isfinite(value) and _all_finite(grads)):
             out[2] = step
             break
+        if count:
+            right += KDiv.correct(_reg(act, regs, y_reg, rows), blabels[:rows] if
+                                  labels.shape[0] > 0 else labels, bd[:rows])
         _update(opt, params, grads, lr, hyper, state1, state2, t0 + step + 1)
         total += value * rows
         step += 1
     out[0] = total
     out[1] = step
+    out[3] = right
