@@ -187,6 +187,38 @@ def optimizer_args(opt, net):
     raise Unsupported(f"{type(opt).__name__} is not a built-in optimizer")
 
 
+def _epoch_args(net, target, loss, opt, batch):
+    """The arguments of the engine's epoch kernels that do not change between epochs."""
+    tape = compile_tape(net, True)
+    if tape is None:
+        raise Unsupported("the network holds a node the engine cannot run")
+    kind, fused = loss_kind(net, loss, target)
+    code, hyper, s1, s2 = optimizer_args(opt, net)
+    tape.ensure(batch)
+    labels = target if target.ndim == 1 else np.zeros(0, np.int64)
+    d = target if target.ndim == 2 else np.zeros((0, 0), net.dtype)
+    last = len(tape.ops) - (2 if fused else 1)
+    return tape, kind, last, labels, d, code, hyper, s1, s2
+
+
+def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
+    """Several epochs in one compiled call (see ``kernels.engine.train_epochs``); returns the
+    per-epoch rows (loss sum, steps, first bad step or -1, rows right) of the epochs run."""
+    tape, kind, last, labels, d, code, hyper, s1, s2 = _epoch_args(net, target, loss, opt,
+                                                                   batch)
+    outs = np.zeros((len(lrs), 4), np.float64)
+    done = KE.train_epochs(tape.ops, tape.fp, tape.regs, net.flat_params, net.flat_grads,
+                           tape.zeros, tape.dbias, tape.consts, tape.iconsts, tape.act,
+                           tape.iact, tape.grad, X, labels, d, orders, batch, kind, tape.y,
+                           int(tape.ops[-1, 1]), last, np.zeros(batch, np.float64),
+                           np.zeros(batch, np.int64), np.zeros((batch, d.shape[1]), net.dtype),
+                           code, np.asarray(lrs, np.float64), hyper, s1, s2, opt.t, outs,
+                           tape.wt, count, -1.0 if tol is None else float(tol),
+                           np.nan if prev is None else float(prev))
+    opt.t += int(outs[:done, 1].sum())
+    return outs[:done]
+
+
 def run_epoch(net, X, target, loss, opt, order, batch, count=False):
     """One training epoch in compiled code; returns (sum of batch losses * rows, steps, first
     non-finite step or -1, rows classified right while training if ``count``)."""

@@ -165,6 +165,11 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
         start, history, best = _resume(resume, net, optimizer, rng)
     bar = _progress_bar(progress, epochs, start)
     net.train()
+    if use_engine and bar is None and validation is None and not callbacks and \
+            checkpoint is None and patience is None:
+        _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol,
+                      shuffle, rng, history)
+        return history
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
@@ -206,6 +211,47 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     if patience is not None and restore_best and best[1] is not None:
         net.flat_params[...] = best[1]
     return history
+
+
+def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol, shuffle,
+                  rng, history):
+    """``fit`` when nothing needs Python between epochs: chunks of epochs in one compiled call
+    each, with the same permutations, learning rates, stopping rule and numbers as the loop."""
+    from . import engine as E
+
+    T, count = X.shape[0], _classifies(loss, net)
+    epoch = start
+    while epoch < epochs:
+        n = min(epochs - epoch, max(1, (1 << 20) // T))  # bounds the permutations' memory
+        if shuffle and batch_size is not None:
+            orders = np.stack([rng.permutation(T) for _ in range(n)])
+        else:
+            orders = np.arange(T)[None, :]
+        lrs = []
+        for e in range(epoch, epoch + n):
+            optimizer.set_epoch(e)
+            lrs.append(optimizer.current_lr())
+        t0 = time.perf_counter()
+        outs = E.run_epochs(net, X, target, loss, optimizer, orders, batch_size or T, lrs, tol,
+                            history.loss[-1] if history.loss else None, count)
+        seconds = (time.perf_counter() - t0) / len(outs)
+        for k, (total, _, bad, right) in enumerate(outs):
+            if bad >= 0:
+                history.stop_reason = "non-finite"
+                raise TrainingError(f"epoch {epoch + k}, step {int(bad)}: the loss or a "
+                                    f"gradient is not finite; parameters are those of the last "
+                                    f"good step")
+            history.loss.append(total / T)
+            history.lr.append(lrs[k])
+            history.epoch_time.append(seconds)
+            if count:
+                history.accuracy.append(right / T)
+        optimizer.set_epoch(epoch + len(outs) - 1)
+        epoch += len(outs)
+        if len(outs) < n or _should_stop(history, tol, None, (), epoch - 1, net):
+            history.stop_reason = "converged"
+            return
+    history.stop_reason = "epochs"
 
 
 def _engine_for(net, loss, target, optimizer, engine):

@@ -119,3 +119,25 @@ def test_unsupported_nodes_fall_back_to_the_per_node_path():
     rr = fb.Sequential(fb.Linear(3, 3), fb.RReLU(), seed=0)
     assert engine.compile_tape(rr, True) is None  # random slopes: per-node in training
     assert engine.compile_tape(rr, False) is not None  # the mean slope: engine in evaluation
+
+
+@pytest.mark.parametrize("shuffle, batch", [(False, None), (True, 32), (False, 64)])
+@pytest.mark.parametrize("make_opt", [
+    lambda: fb.SGD(lr=0.5, momentum=0.9, schedule=fb.StepLR(3, 0.5)),
+    lambda: fb.Adam(lr=0.01, schedule=fb.CosineLR(20))], ids=["sgd-step", "adam-cosine"])
+def test_fit_in_compiled_chunks_equals_the_epoch_loop(shuffle, batch, make_opt):
+    """Without validation, callbacks or checkpoints, fit runs chunks of epochs in one compiled
+    call; a no-op callback forces the epoch-by-epoch loop. Same numbers, same stop."""
+    X, d = fb.datasets.xor(200, seed=1)
+
+    def make():
+        return fb.Sequential(fb.Linear(2, 8), fb.Sigmoid(), fb.Linear(8, 1), fb.Sigmoid(),
+                             seed=0)
+
+    a, b = make(), make()
+    kw = dict(batch_size=batch, epochs=120, tol=1e-6, shuffle=shuffle, seed=3, progress=False)
+    ha = fb.fit(a, X, d, fb.BinaryKL(), make_opt(), **kw)
+    hb = fb.fit(b, X, d, fb.BinaryKL(), make_opt(), callbacks=[lambda *args: False], **kw)
+    assert np.array_equal(a.flat_params, b.flat_params)
+    assert (ha.loss, ha.accuracy, ha.lr, ha.stop_reason) == \
+        (hb.loss, hb.accuracy, hb.lr, hb.stop_reason)

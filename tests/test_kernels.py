@@ -181,10 +181,13 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert KD.dense_mode(1, 1, 1) == KD.LOOP_MODE
     assert KD.dense_mode(4, 31, 33) == KD.LOOP_MODE  # 4092 multiply-adds
     assert KD.dense_mode(4, 32, 32) == KD.BLAS_SERIAL_MODE  # 2^12
-    assert KD.dense_mode(8, 128, 64) == KD.BLAS_MODE  # 2^16 in two blocks of units
-    assert KD.dense_mode(32, 64, 64) == KD.BLAS_SERIAL_MODE  # 2^17 but one block
+    assert KD.dense_mode(8, 128, 64) == KD.BLAS_SERIAL_MODE  # 2^16: too little to split
+    assert KD.dense_mode(8, 256, 512) == KD.BLAS_MODE  # 2^20 in four blocks of units
+    assert KD.dense_mode(256, 64, 64) == KD.BLAS_MODE  # 2^20 in four blocks of rows
+    assert KD.dense_mode(32, 64, 512) == KD.BLAS_SERIAL_MODE  # 2^20 but one block
     for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
-                                   ((3, 100, 300), "blas"), ((16, 512, 512), "blas")]:
+                                   ((3, 100, 300), "blas_serial"), ((3, 512, 700), "blas"),
+                                   ((16, 512, 512), "blas")]:
         y, W, b = _data(rng, (T, n_in), np.float64), _data(rng, (n_out, n_in), np.float64), \
             _data(rng, (n_out,), np.float64)
         z1, z2 = np.empty((T, n_out)), np.empty((T, n_out))

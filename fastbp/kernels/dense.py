@@ -21,7 +21,8 @@ from .._config import ARITH, PARALLEL, SERIAL, njit, serial_twin
 
 LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
 BLAS_MIN_WORK = 1 << 12  # multiply-adds from which a BLAS call beats the loop kernels
-PAR_MIN_WORK = 1 << 16  # multiply-adds from which spreading blocks over threads pays
+PAR_MIN_WORK = 1 << 20  # multiply-adds from which spreading blocks over threads pays (a
+# parallel launch costs about as much as 2^18 multiply-adds on one thread here)
 ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T
 BLOCK = 64  # BLAS kernels' block of rows (or of units, for fewer than FEW rows)
 FEW = 8

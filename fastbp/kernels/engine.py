@@ -243,3 +243,30 @@ def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act
     out[0] = total
     out[1] = step
     out[3] = right
+
+
+@njit(**SERIAL)
+def train_epochs(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act, iact, grad,
+                 X, labels, d, orders, batch, loss_kind, y_reg, z_reg, last, div, blabels, bd,
+                 opt, lrs, hyper, state1, state2, t0, outs, wt, count, tol, prev):
+    """Epochs one after another, epoch e on rows ``orders[e]`` (or ``orders[0]`` for every epoch)
+    with learning rate ``lrs[e]``; ``outs[e]`` as ``train_epoch``'s ``out``. Stops after an
+    epoch with a non-finite step, or whose mean loss differs from the previous one (``prev``
+    before the first) by less than ``tol`` (the seed's test; tol < 0: never). Returns the
+    number of epochs run."""
+    T = orders.shape[1]
+    steps = 0
+    for e in range(lrs.shape[0]):
+        order = orders[e] if orders.shape[0] > 1 else orders[0]
+        train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act, iact,
+                    grad, X, labels, d, order, batch, loss_kind, y_reg, z_reg, last, div,
+                    blabels, bd, opt, lrs[e], hyper, state1, state2, t0 + steps, outs[e], wt,
+                    count)
+        steps += int(outs[e, 1])
+        if outs[e, 2] >= 0:
+            return e + 1
+        value = outs[e, 0] / T
+        if tol >= 0 and abs(value - prev) < tol:
+            return e + 1
+        prev = value
+    return lrs.shape[0]
