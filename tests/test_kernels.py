@@ -183,7 +183,8 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert KD.dense_mode(4, 32, 32) == KD.BLAS_SERIAL_MODE  # 2^12
     assert KD.dense_mode(8, 128, 64) == KD.BLAS_SERIAL_MODE  # 2^16: too little to split
     assert KD.dense_mode(8, 256, 512) == KD.BLAS_MODE  # 2^20 in four blocks of units
-    assert KD.dense_mode(256, 64, 64) == KD.BLAS_MODE  # 2^20 in four blocks of rows
+    assert KD.dense_mode(512, 64, 64) == KD.BLAS_MODE  # 2^21 in two blocks of rows
+    assert KD.dense_mode(256, 64, 64) == KD.BLAS_SERIAL_MODE  # 2^20 but one block
     assert KD.dense_mode(32, 64, 512) == KD.BLAS_SERIAL_MODE  # 2^20 but one block
     for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
                                    ((3, 100, 300), "blas_serial"), ((3, 512, 700), "blas"),
@@ -656,8 +657,8 @@ def _twin_args(name, rng, dtype):
     arg = np.zeros((T, M), np.int64)
     KP.max_forward(f(T, D), indptr, indices, e(T, M), arg)
     return {
-        # 70 rows: two BLAS blocks of rows (64 + 6); 5 rows: the per-row GEMV path
-        "dense_forward_blas": (KD, (f(70, D), f(M, D), f(M), e(70, M)), (3,)),
+        # 300 rows: two BLAS blocks of rows (256 + 44); 5 rows: the per-row GEMV path
+        "dense_forward_blas": (KD, (f(300, D), f(M, D), f(M), e(300, M)), (3,)),
         "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
         "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
         "scalar_forward": (KA, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),

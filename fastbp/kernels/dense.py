@@ -5,8 +5,8 @@
   sum in a fixed order of its terms, z[t, j] = b[j] + y[t, 0] W[0, j]^T + y[t, 1] W[1, j]^T + ...,
   computed as axpy over the contiguous output row, which LLVM vectorises without reordering any
   sum. They run on the calling thread.
-- BLAS kernels (``*_blas``): one single-threaded GEMM per fixed block of outputs (``BLOCK``
-  rows, or ``BLOCK`` units for few rows), blocks spread over numba's threads. OpenBLAS gives
+- BLAS kernels (``*_blas``): one single-threaded GEMM per fixed block of outputs
+  (``ROW_BLOCK`` rows, or ``UNIT_BLOCK`` units), blocks spread over numba's threads. OpenBLAS gives
   different bits with different thread counts (measured on 7 of 22 shapes), so it runs on one
   thread (see ``_config``) and the blocks, fixed by the sizes alone, carry the parallelism.
 - ``dense_mode`` picks one from the sizes alone, so the per-node path and the engine always pick
@@ -24,7 +24,8 @@ BLAS_MIN_WORK = 1 << 12  # multiply-adds from which a BLAS call beats the loop k
 PAR_MIN_WORK = 1 << 20  # multiply-adds from which spreading blocks over threads pays (a
 # parallel launch costs about as much as 2^18 multiply-adds on one thread here)
 ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T
-BLOCK = 64  # BLAS kernels' block of rows (or of units, for fewer than FEW rows)
+ROW_BLOCK = 256  # BLAS kernels' block of rows: W4's 512-row batches as two GEMMs of 256 rows
+UNIT_BLOCK = 64  # and of units (rows of dW; of z for fewer than FEW rows)
 FEW = 8
 
 
@@ -35,8 +36,8 @@ def dense_mode(T, n_out, n_in):
     work = T * n_out * n_in
     if work < BLAS_MIN_WORK:
         return LOOP_MODE
-    unit_blocks = -(-n_out // BLOCK)
-    blocks = max(-(-T // BLOCK) if T >= FEW else T * unit_blocks, unit_blocks)
+    unit_blocks = -(-n_out // UNIT_BLOCK)
+    blocks = max(-(-T // ROW_BLOCK) if T >= FEW else T * unit_blocks, unit_blocks)
     return BLAS_MODE if work >= PAR_MIN_WORK and blocks >= 2 else BLAS_SERIAL_MODE
 
 
@@ -95,27 +96,27 @@ def dense_backward_input(dz, W, dy):
 
 @njit(**PARALLEL)
 def dense_forward_blas(y, W, b, z):
-    """z = y W^T + b by GEMM on blocks of BLOCK rows (GEMV on blocks of BLOCK units when there
-    are fewer than FEW rows); each block owns its part of z."""
+    """z = y W^T + b by GEMM on blocks of ROW_BLOCK rows (GEMV on blocks of UNIT_BLOCK units
+    when there are fewer than FEW rows); each block owns its part of z."""
     T, n_out = z.shape
     if T >= FEW:
-        for k in prange(-(-T // BLOCK)):
-            lo, hi = k * BLOCK, min(T, (k + 1) * BLOCK)
+        for k in prange(-(-T // ROW_BLOCK)):
+            lo, hi = k * ROW_BLOCK, min(T, (k + 1) * ROW_BLOCK)
             np.dot(y[lo:hi], W.T, z[lo:hi])
             for t in range(lo, hi):
                 z[t, :] += b
     else:
-        nj = -(-n_out // BLOCK)
+        nj = -(-n_out // UNIT_BLOCK)
         for k in prange(T * nj):
-            t, j0 = k // nj, (k % nj) * BLOCK
-            j1 = min(n_out, j0 + BLOCK)
+            t, j0 = k // nj, (k % nj) * UNIT_BLOCK
+            j1 = min(n_out, j0 + UNIT_BLOCK)
             np.dot(W[j0:j1], y[t], z[t, j0:j1])
             z[t, j0:j1] += b[j0:j1]
 
 
 @njit(**PARALLEL)
 def dense_backward_params_blas(dz, y, dW, db, dzT):
-    """dW = dz^T y by GEMM on blocks of BLOCK units (rows of dW), from dzT = dz^T;
+    """dW = dz^T y by GEMM on blocks of UNIT_BLOCK units (rows of dW), from dzT = dz^T;
     db[j] = sum_t dz[t, j] in increasing t."""
     n_out = dW.shape[0]
     for j in prange(n_out):
@@ -124,18 +125,18 @@ def dense_backward_params_blas(dz, y, dW, db, dzT):
         for t in range(dz.shape[0]):
             s += dz[t, j]
         db[j] = s
-    for k in prange(-(-n_out // BLOCK)):
-        j0, j1 = k * BLOCK, min(n_out, (k + 1) * BLOCK)
+    for k in prange(-(-n_out // UNIT_BLOCK)):
+        j0, j1 = k * UNIT_BLOCK, min(n_out, (k + 1) * UNIT_BLOCK)
         np.dot(dzT[j0:j1], y, dW[j0:j1])
 
 
 @njit(**PARALLEL)
 def dense_backward_input_blas(dz, W, dy):
-    """dy = dz W by GEMM on blocks of BLOCK rows (GEMV per row when there are few)."""
+    """dy = dz W by GEMM on blocks of ROW_BLOCK rows (GEMV per row when there are few)."""
     T = dz.shape[0]
     if T >= FEW:
-        for k in prange(-(-T // BLOCK)):
-            lo, hi = k * BLOCK, min(T, (k + 1) * BLOCK)
+        for k in prange(-(-T // ROW_BLOCK)):
+            lo, hi = k * ROW_BLOCK, min(T, (k + 1) * ROW_BLOCK)
             np.dot(dz[lo:hi], W, dy[lo:hi])
     else:
         for t in prange(T):
