@@ -222,23 +222,14 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
 def run_epoch(net, X, target, loss, opt, order, batch, count=False):
     """One training epoch in compiled code; returns (sum of batch losses * rows, steps, first
     non-finite step or -1, rows classified right while training if ``count``)."""
-    tape = compile_tape(net, True)
-    if tape is None:
-        raise Unsupported("the network holds a node the engine cannot run")
-    kind, fused = loss_kind(net, loss, target)
-    code, hyper, s1, s2 = optimizer_args(opt, net)
-    tape.ensure(batch)
-    labels = target if target.ndim == 1 else np.zeros(0, np.int64)
-    d = target if target.ndim == 2 else np.zeros((0, 0), net.dtype)
-    bl = np.zeros(batch, np.int64)
-    bd = np.zeros((batch, d.shape[1]), net.dtype)
-    div = np.zeros(batch, np.float64)
+    tape, kind, last, labels, d, code, hyper, s1, s2 = _epoch_args(net, target, loss, opt,
+                                                                   batch)
     out = np.zeros(4, np.float64)
-    last = len(tape.ops) - (2 if fused else 1)
-    z_reg = int(tape.ops[-1, 1])
     KE.train_epoch(tape.ops, tape.fp, tape.regs, net.flat_params, net.flat_grads, tape.zeros,
                    tape.dbias, tape.consts, tape.iconsts, tape.act, tape.iact, tape.grad, X,
-                   labels, d, order, batch, kind, tape.y, z_reg, last, div, bl, bd, code,
-                   opt.current_lr(), hyper, s1, s2, opt.t, out, tape.wt, count)
+                   labels, d, order, batch, kind, tape.y, int(tape.ops[-1, 1]), last,
+                   np.zeros(batch, np.float64), np.zeros(batch, np.int64),
+                   np.zeros((batch, d.shape[1]), net.dtype), code, opt.current_lr(), hyper, s1,
+                   s2, opt.t, out, tape.wt, count)
     opt.t += int(out[1])
     return out[0], int(out[1]), int(out[2]), int(out[3])
