@@ -30,9 +30,10 @@ def as_float_array(x, name, dtype, ndim=2):
     return a
 
 
-def check_finite(a, name, block=1 << 20):
-    """Refuse NaN and inf, naming the first position that holds one. Checks ``block`` elements
-    at a time, so a large (memory-mapped) array needs no temporary of its own size."""
+def check_finite(a, name, block=1 << 20, error=ValueError):
+    """Refuse NaN and inf, naming the first position that holds one (raising ``error``). Checks
+    ``block`` elements at a time, so a large (memory-mapped) array needs no temporary of its
+    own size."""
     if a.dtype.kind != "f" or a.size == 0:
         return
     rows = max(1, block // max(1, a[0].size)) if a.ndim > 1 else block
@@ -44,7 +45,7 @@ def check_finite(a, name, block=1 << 20):
         what = "NaN" if np.isnan(a[pos]) else "inf"
         where = f"row {pos[0]}, column {pos[1]}" if len(pos) == 2 else \
             f"index {pos[0] if len(pos) == 1 else pos}"
-        raise ValueError(f"{name} contains {what} at {where}")
+        raise error(f"{name} contains {what} at {where}")
 
 
 def check_width(a, name, width):

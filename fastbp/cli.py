@@ -3,6 +3,7 @@
 import argparse
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -54,12 +55,19 @@ def _read_data(path, target_col):
 
         data = read_npy(path)
     else:
-        data = np.loadtxt(path, delimiter=",", ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file: said below, in one line
+            data = np.loadtxt(path, delimiter=",", ndmin=2)
+    if data.size == 0:
+        raise ValueError(f"{path}: no data")
     if data.ndim != 2 or data.shape[1] < 2:
         raise ValueError(f"{path}: need a 2-D table with features and a target column, "
                          f"got shape {data.shape}")
     if data.dtype.kind not in "biuf":
         raise ValueError(f"{path}: data must be numeric, got dtype {data.dtype}")
+    from ._checks import check_finite
+
+    check_finite(data, path)
     col = target_col % data.shape[1]
     X = np.delete(data, col, axis=1)
     return X, data[:, col]
@@ -181,8 +189,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"fastbp: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:  # FloatingPointError:
+        print(f"fastbp: error: {e}", file=sys.stderr)  # a fit that diverged (TrainingError)
         return 2
     return 0
 

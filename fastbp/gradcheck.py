@@ -7,7 +7,9 @@ class GradcheckReport:
     """Worst relative error per parameter array and for the input, and what was skipped.
 
     The relative error of an element is |analytic - numeric| / max(|analytic|, |numeric|,
-    1e-3 * the array's largest |gradient|, 1e-12).
+    floor), where floor is the larger of 1e-3 times the array's largest |gradient| and
+    noise / tol, with noise = 10 * 2.2e-16 * max(1, |loss|) / eps the rounding error of a central
+    difference: a gradient that is exactly zero is not failed for the noise of its estimate.
     """
 
     def __init__(self, errors, skipped, checked, tol):
@@ -30,8 +32,9 @@ class GradcheckReport:
         return "\n".join(rows)
 
 
-def _rel_errors(a, n):
-    floor = max(1e-3 * max(np.abs(a).max(initial=0), np.abs(n).max(initial=0)), 1e-12)
+def _rel_errors(a, n, noise_floor):
+    floor = max(1e-3 * max(np.abs(a).max(initial=0), np.abs(n).max(initial=0)), noise_floor,
+                1e-300)
     return np.abs(a - n) / np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
 
 
@@ -71,7 +74,8 @@ def gradcheck(net, X, d, loss, eps=1e-6, tol=1e-5, max_per_array=None, seed=0):
     target = loss.target(d, X.shape[0], net.n_out, np.float64)
     _, dX = net._loss_and_grad(X, target, loss, need_dx=True, train=False)
     rng = np.random.default_rng(seed)
-    _, base_ctx = net._loss_value(X, target, loss)
+    base, base_ctx = net._loss_value(X, target, loss)
+    noise_floor = 10 * np.finfo(np.float64).eps * max(1.0, abs(base)) / eps / tol
     base_kinks = net.kinks(base_ctx)
 
     def f(x):
@@ -100,7 +104,7 @@ def gradcheck(net, X, d, loss, eps=1e-6, tol=1e-5, max_per_array=None, seed=0):
                 continue
             num.append((fp - fm) / (2 * eps))
             ana.append(gflat[i])
-        errs = _rel_errors(np.array(ana), np.array(num))
+        errs = _rel_errors(np.array(ana), np.array(num), noise_floor)
         errors[name] = float(errs.max()) if errs.size else 0.0
         skipped[name], checked[name] = n_skip, len(ana)
     return GradcheckReport(errors, skipped, checked, tol)

@@ -50,8 +50,10 @@ def architecture(net):
             "root": describe(net)}
 
 
-def build(arch):
-    """A network from :func:`architecture`'s output (parameters freshly initialised)."""
+def build(arch, n_params=None):
+    """A network from :func:`architecture`'s output (parameters freshly initialised). With
+    ``n_params``, the architecture must hold exactly that many parameters, checked before any
+    parameter is allocated (a small file cannot make ``load`` allocate a huge network)."""
     from .network import Sequential
     from .products import Product
 
@@ -80,11 +82,16 @@ def build(arch):
         root = make(arch.get("root"))
         if not isinstance(root, Sequential):
             raise CheckpointError("architecture root is not a Sequential")
+        if n_params is not None:
+            need = sum(int(np.prod(shape, dtype=np.float64)) for *_, shape in root.named_specs())
+            if need != n_params:
+                raise CheckpointError(f"the architecture has {need} parameters but the file "
+                                      f"holds {n_params}")
         return Sequential(*root.nodes, dtype=arch.get("dtype", "float64"))
     except CheckpointError:
         raise
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"invalid architecture: {e}") from e
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"invalid architecture: {type(e).__name__}: {e}") from e
 
 
 def write_npz(path, arrays):
@@ -111,8 +118,10 @@ def _checked_header(f, size, what, max_bytes):
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    else:
+    elif version in ((2, 0), (3, 0)):
         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise CheckpointError(f"{what}: unknown .npy format version {version}")
     if dtype.hasobject:
         raise CheckpointError(f"{what} is an object array; refused")
     claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
@@ -126,12 +135,18 @@ def read_npy(path, max_bytes=1 << 34):
     more data than the file holds."""
     try:
         with open(path, "rb") as f:
-            _checked_header(f, os.fstat(f.fileno()).st_size, str(path), max_bytes)
+            size = os.fstat(f.fileno()).st_size
+            # The header is parsed from at most 64 KiB read here: a header that claims a
+            # length of gigabytes is refused, not read into memory.
+            _checked_header(io.BytesIO(f.read(1 << 16)), size, str(path), max_bytes)
         return np.load(path, allow_pickle=False)
     except CheckpointError:
         raise
-    except (ValueError, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable .npy file ({e})") from e
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, TokenError
+        raise CheckpointError(f"{path}: not a readable .npy file ({type(e).__name__}: "
+                              f"{e})") from e
 
 
 def read_npz(path, max_bytes=1 << 34):
@@ -193,10 +208,13 @@ def _from_arrays(arrays, path):
         raise CheckpointError(f"{path}: architecture is not a JSON string")
     try:
         arch = json.loads(str(arch_arr))
-    except ValueError as e:
-        raise CheckpointError(f"{path}: architecture is not valid JSON ({e})") from e
-    net = build(arch)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: architecture is not valid JSON "
+                              f"({type(e).__name__})") from e
     params = arrays["params"]
+    if params.ndim != 1:
+        raise CheckpointError(f"{path}: params must be 1-D, got shape {params.shape}")
+    net = build(arch, n_params=params.size)
     if params.shape != net.flat_params.shape or params.dtype != net.dtype:
         raise CheckpointError(f"{path}: params of shape {params.shape} and dtype "
                               f"{params.dtype} do not fit the architecture "

@@ -223,13 +223,17 @@ class Sequential(Node):
         """The output for X in evaluation mode; keeps nothing (``backward`` is unaffected).
 
         Networks of built-in nodes run through the compiled engine (one call, no Python per
-        layer), others node by node; both give the same numbers.
+        layer), others node by node; both give the same numbers. An output that overflows to
+        inf or NaN raises ``FloatingPointError`` naming where.
         """
         from . import engine
 
         X = self._input(X)
         Y = engine.predict(self, X)
-        return self._apply(X, False)[0] if Y is None else Y
+        Y = self._apply(X, False)[0] if Y is None else Y
+        _checks.check_finite(Y, f"the output (overflow in {self.dtype.name}? inputs as large "
+                             f"as {np.abs(X).max():.3g})", error=FloatingPointError)
+        return Y
 
     def loss_and_grad(self, X, d, loss):
         """Forward, the mean divergence, and backward in one call; returns the loss.
