@@ -59,6 +59,39 @@ def _cache_dir():
 CACHE_DIR = _cache_dir()
 
 
+def _race_free_cache_files():
+    """Name each cached overload's data file by a hash of its key, in fastbp's cache folder.
+
+    numba names a new data file ``<function>.<n>.nbc`` with the first n its index does not use
+    yet, and writes the index before the data. Two processes compiling different signatures of
+    one kernel at once (test runs, pool workers) pick the same n: one overwrites the other's
+    file, and the index then maps a signature to another signature's machine code. Loading
+    it crashed the process (measured: a segfault on every later run). With the name taken from
+    the key, different signatures never share a file; the data is written before the index
+    refers to it; at worst a concurrent index write drops an entry, which recompiles.
+    """
+    import pickle
+
+    from numba.core import caching
+
+    save = caching.IndexDataCacheFile.save
+
+    def save_keyed(self, key, data):
+        if CACHE_DIR is None or not os.path.abspath(self._cache_path).startswith(CACHE_DIR):
+            return save(self, key, data)
+        name = self._data_name_pattern.replace("{number:d}", hashlib.sha256(
+            pickle.dumps(key, protocol=4)).hexdigest()[:24])
+        self._save_data(name, data)
+        overloads = self._load_index()
+        overloads[key] = name
+        self._save_index(overloads)
+
+    caching.IndexDataCacheFile.save = save_keyed
+
+
+_race_free_cache_files()
+
+
 def _prefer_tbb():
     """Use numba's TBB threading layer where the ``tbb`` package is installed.
 

@@ -435,3 +435,27 @@ def test_fit_on_a_2gb_memmap_does_not_copy_it(tmp_path):
     assert res["peak_sampled"]["RssAnon"] < 0.25 * size
     assert res["end"]["RssAnon"] < 0.25 * size
     assert res["loss"] == res["loss"]
+
+
+def test_cache_writers_with_stale_indexes_never_share_a_data_file(tmp_path):
+    """Two processes saving different signatures of one kernel at once both see the index
+    without the other's entry. numba's counter naming gives both ``<name>.1.nbc``: one overwrites
+    the other's machine code under the other's key (a segfault on load, seen in this project).
+    fastbp's cache names the file by the key: distinct keys, distinct files."""
+    from numba.core import caching
+
+    import fastbp._config as C
+
+    folder = os.path.join(C.CACHE_DIR, "test-race", tmp_path.name)
+    os.makedirs(folder)
+    a = caching.IndexDataCacheFile(folder, "kernel-1.py311", "stamp")
+    b = caching.IndexDataCacheFile(folder, "kernel-1.py311", "stamp")
+    b._load_index = lambda: {}  # b read the index before a wrote to it
+    a.save(("sig-a",), b"code for a")
+    b.save(("sig-b",), b"code for b")
+    data_files = sorted(f for f in os.listdir(folder) if f.endswith(".nbc"))
+    assert len(data_files) == 2, data_files
+    fresh = caching.IndexDataCacheFile(folder, "kernel-1.py311", "stamp")
+    assert fresh.load(("sig-a",)) in (None, b"code for a")  # lost entry: recompiled, never b's
+    assert fresh.load(("sig-b",)) == b"code for b"
+    shutil.rmtree(folder)
