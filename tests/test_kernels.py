@@ -63,7 +63,7 @@ def _up(a):
 # Coverage: every kernel in the numeric kernel modules is exercised by a test below
 # ==============================================================================================
 TESTED = {
-    "dense": {"_axpy", "_affine_block", "dense_mode", "dense_forward", "dense_backward_params",
+    "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "dense_forward", "dense_backward_params",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas", "affine", "affine_backward"},
     "activations": {"_gelu", "_dgelu", "scalar_forward", "scalar_backward",
@@ -184,7 +184,8 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert KD.dense_mode(8, 128, 64) == KD.BLAS_SERIAL_MODE  # 2^16: too little to split
     assert KD.dense_mode(8, 256, 512) == KD.BLAS_MODE  # 2^20 in four blocks of units
     assert KD.dense_mode(512, 64, 64) == KD.BLAS_MODE  # 2^21 in two blocks of rows
-    assert KD.dense_mode(256, 64, 64) == KD.BLAS_SERIAL_MODE  # 2^20 but one block
+    assert KD.dense_mode(256, 64, 64) == KD.BLAS_MODE  # 2^20 in two blocks of 128 rows
+    assert KD.dense_mode(64, 64, 256) == KD.BLAS_SERIAL_MODE  # 2^20 but one block
     assert KD.dense_mode(32, 64, 512) == KD.BLAS_SERIAL_MODE  # 2^20 but one block
     for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
                                    ((3, 100, 300), "blas_serial"), ((3, 512, 700), "blas"),
@@ -657,7 +658,7 @@ def _twin_args(name, rng, dtype):
     arg = np.zeros((T, M), np.int64)
     KP.max_forward(f(T, D), indptr, indices, e(T, M), arg)
     return {
-        # 300 rows: two BLAS blocks of rows (256 + 44); 5 rows: the per-row GEMV path
+        # 300 rows: two BLAS blocks of rows (192 + 108); 5 rows: the per-row GEMV path
         "dense_forward_blas": (KD, (f(300, D), f(M, D), f(M), e(300, M)), (3,)),
         "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
         "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
@@ -739,3 +740,8 @@ def test_correct_counts_rows_classified_right(rng, dtype):
     d1 = np.array([[1.0], [1.0], [0.0], [0.0]], dtype)
     assert KDiv.correct(y1, no_labels, d1) == _correct_reference(y1, d=d1) == 2
     assert KDiv.correct(Y[:5], labels[:5], no_d) == 3  # ties go to index 0
+
+
+def test_row_block_halves_the_rows_in_multiples_of_64():
+    assert [KD.row_block(T) for T in (1, 64, 128, 129, 200, 300, 512, 4096)] == \
+        [64, 64, 64, 128, 128, 192, 256, 256]

@@ -6,7 +6,7 @@
   computed as axpy over the contiguous output row, which LLVM vectorises without reordering any
   sum. They run on the calling thread.
 - BLAS kernels (``*_blas``): one single-threaded GEMM per fixed block of outputs
-  (``ROW_BLOCK`` rows, or ``UNIT_BLOCK`` units), blocks spread over numba's threads. OpenBLAS gives
+  (``row_block(T)`` rows, or ``UNIT_BLOCK`` units), blocks spread over numba's threads. OpenBLAS gives
   different bits with different thread counts (measured on 7 of 22 shapes), so it runs on one
   thread (see ``_config``) and the blocks, fixed by the sizes alone, carry the parallelism.
 - ``dense_mode`` picks one from the sizes alone, so the per-node path and the engine always pick
@@ -24,9 +24,16 @@ BLAS_MIN_WORK = 1 << 12  # multiply-adds from which a BLAS call beats the loop k
 PAR_MIN_WORK = 1 << 20  # multiply-adds from which spreading blocks over threads pays (a
 # parallel launch costs about as much as 2^18 multiply-adds on one thread here)
 ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T
-ROW_BLOCK = 256  # BLAS kernels' block of rows: W4's 512-row batches as two GEMMs of 256 rows
-UNIT_BLOCK = 64  # and of units (rows of dW; of z for fewer than FEW rows)
+UNIT_BLOCK = 64  # BLAS kernels' block of units (rows of dW; of z for fewer than FEW rows)
 FEW = 8
+
+
+@njit(**SERIAL)
+def row_block(T):
+    """Rows per BLAS block: half the rows, rounded up to a multiple of 64, from 64 to 256 (two
+    blocks for two threads where the batch allows; 256-row GEMMs ran W4 at 174 GFLOP/s against
+    141 for 64-row ones). It depends on T alone, so results do not depend on the thread count."""
+    return min(256, max(64, -(-(-(-T // 2)) // 64) * 64))
 
 
 @njit(**SERIAL)
@@ -37,7 +44,7 @@ def dense_mode(T, n_out, n_in):
     if work < BLAS_MIN_WORK:
         return LOOP_MODE
     unit_blocks = -(-n_out // UNIT_BLOCK)
-    blocks = max(-(-T // ROW_BLOCK) if T >= FEW else T * unit_blocks, unit_blocks)
+    blocks = max(-(-T // row_block(T)) if T >= FEW else T * unit_blocks, unit_blocks)
     return BLAS_MODE if work >= PAR_MIN_WORK and blocks >= 2 else BLAS_SERIAL_MODE
 
 
@@ -96,12 +103,13 @@ def dense_backward_input(dz, W, dy):
 
 @njit(**PARALLEL)
 def dense_forward_blas(y, W, b, z):
-    """z = y W^T + b by GEMM on blocks of ROW_BLOCK rows (GEMV on blocks of UNIT_BLOCK units
-    when there are fewer than FEW rows); each block owns its part of z."""
+    """z = y W^T + b by GEMM on blocks of ``row_block(T)`` rows (GEMV on blocks of UNIT_BLOCK
+    units when there are fewer than FEW rows); each block owns its part of z."""
     T, n_out = z.shape
     if T >= FEW:
-        for k in prange(-(-T // ROW_BLOCK)):
-            lo, hi = k * ROW_BLOCK, min(T, (k + 1) * ROW_BLOCK)
+        rb = row_block(T)
+        for k in prange(-(-T // rb)):
+            lo, hi = k * rb, min(T, (k + 1) * rb)
             np.dot(y[lo:hi], W.T, z[lo:hi])
             for t in range(lo, hi):
                 z[t, :] += b
@@ -132,11 +140,12 @@ def dense_backward_params_blas(dz, y, dW, db, dzT):
 
 @njit(**PARALLEL)
 def dense_backward_input_blas(dz, W, dy):
-    """dy = dz W by GEMM on blocks of ROW_BLOCK rows (GEMV per row when there are few)."""
+    """dy = dz W by GEMM on blocks of ``row_block(T)`` rows (GEMV per row when there are few)."""
     T = dz.shape[0]
     if T >= FEW:
-        for k in prange(-(-T // ROW_BLOCK)):
-            lo, hi = k * ROW_BLOCK, min(T, (k + 1) * ROW_BLOCK)
+        rb = row_block(T)
+        for k in prange(-(-T // rb)):
+            lo, hi = k * rb, min(T, (k + 1) * rb)
             np.dot(dz[lo:hi], W, dy[lo:hi])
     else:
         for t in prange(T):
