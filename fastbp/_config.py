@@ -36,11 +36,14 @@ _HERE = pathlib.Path(__file__).resolve().parent
 
 def _cache_dir():
     """Where fastbp's compiled kernels are cached: a folder named by a hash of every kernel
-    source file and the numba version. numba checks only a function's own file, while its
+    source file, the numba version and the Python environment. numba checks only a function's own file, while its
     cached code holds the callees from other files; a change anywhere in the kernels (an edit,
     an upgrade) must therefore invalidate all of them. The base is ``NUMBA_CACHE_DIR`` if set,
     else ``~/.cache/fastbp``, else the temporary folder (a read-only home)."""
-    h = hashlib.sha256(numba.__version__.encode())
+    import sys
+
+    # The environment too: two virtual environments never share compiled code.
+    h = hashlib.sha256((numba.__version__ + sys.prefix).encode())
     for f in sorted([_HERE / "_config.py", *(_HERE / "kernels").glob("*.py")]):
         h.update(f.name.encode() + f.read_bytes())
     name = "kernels-" + h.hexdigest()[:16]

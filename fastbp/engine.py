@@ -85,9 +85,13 @@ class Tape:
         return y, y
 
     def _offset(self, node, attr):
-        view = getattr(node, attr)
-        return (view.__array_interface__["data"][0]
-                - self.net.flat_params.__array_interface__["data"][0]) // view.itemsize
+        view, flat = getattr(node, attr), self.net.flat_params
+        o = (view.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) \
+            // view.itemsize
+        if not (view.base is flat and 0 <= o and o + view.size <= flat.size):
+            raise RuntimeError(f"{node!r}.{attr} is not a view into the network's flat_params "
+                               f"(was it replaced by a new array? assign with W[...] = ...)")
+        return o
 
     def _const(self, a):
         o = sum(c.size for c in self.consts)

@@ -97,18 +97,11 @@ class Sequential(Node):
 
     def _bind(self, dtype, rng):
         """Allocate the flat buffers, point every parameter at its view, initialise."""
-        specs = self.named_specs()
-        sizes = [int(np.prod(s)) for *_, s in specs]
+        size = sum(int(np.prod(s)) for *_, s in self.named_specs())
         self.dtype = dtype
-        self.flat_params = np.zeros(sum(sizes), dtype)
-        self.flat_grads = np.zeros(sum(sizes), dtype)
-        self._views = []
-        o = 0
-        for (name, node, attr, shape), n in zip(specs, sizes):
-            setattr(node, attr, self.flat_params[o:o + n].reshape(shape))
-            setattr(node, "d" + attr, self.flat_grads[o:o + n].reshape(shape))
-            self._views.append((name, node, attr))
-            o += n
+        self.flat_params = np.zeros(size, dtype)
+        self.flat_grads = np.zeros(size, dtype)
+        self._point_views()
         self.rng = rng
         for node in self.walk():
             node.dtype = dtype
@@ -119,6 +112,29 @@ class Sequential(Node):
         for node in self.walk():
             if node is not self:
                 node.reset_parameters(rng)
+
+    def _point_views(self):
+        """Make every node's parameter and gradient arrays views into the flat buffers."""
+        self._views = []
+        o = 0
+        for name, node, attr, shape in self.named_specs():
+            n = int(np.prod(shape))
+            setattr(node, attr, self.flat_params[o:o + n].reshape(shape))
+            setattr(node, "d" + attr, self.flat_grads[o:o + n].reshape(shape))
+            self._views.append((name, node, attr))
+            o += n
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_tapes", None)  # compiled tapes hold addresses; rebuilt on demand
+        return state
+
+    def __setstate__(self, state):
+        # pickle and deepcopy copy each view as an array of its own: point them back into the
+        # flat buffers (which carry the values), or W would no longer be part of flat_params.
+        self.__dict__.update(state)
+        if "flat_params" in state:
+            self._point_views()
 
     def __getitem__(self, k):
         return self.nodes[k]

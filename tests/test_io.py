@@ -1,6 +1,8 @@
 """save/load and training checkpoints: round trips, bit-identical resume, hostile files."""
 
+import copy
 import json
+import pickle
 import os
 import zipfile
 
@@ -172,3 +174,32 @@ def test_foreign_architecture_raises(tmp_path, arch):
     np.savez(bad, architecture=np.array(json.dumps(arch)), params=np.zeros(8))
     with pytest.raises(fb.CheckpointError):
         fb.load(bad)
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda n: pickle.loads(pickle.dumps(n))],
+                         ids=["deepcopy", "pickle"])
+def test_copies_keep_parameters_as_views_of_their_flat_buffer(clone):
+    """deepcopy and pickle copy each view as an array of its own; a copy must point them back
+    into its own flat buffers, or the engine would read parameters from the wrong memory."""
+    X, y = fb.datasets.digits()
+    net = _net(np.float64, rrelu=False)
+    Xs = np.abs(X[:40, :6]) + 0.1
+    ys = y[:40] % 3
+    before = net.predict(Xs)
+    c = clone(net)
+    for (_, node, attr), p in zip(c._views, c.params):
+        assert getattr(node, attr).base is c.flat_params and p.base is c.flat_params
+        assert getattr(node, "d" + attr).base is c.flat_grads
+    assert np.array_equal(c.predict(Xs), before)
+    fb.fit(c, Xs, ys, fb.KL(), fb.SGD(lr=0.05), batch_size=8, epochs=2, progress=False)
+    assert np.array_equal(net.predict(Xs), before)  # the original is untouched
+    assert not np.array_equal(c.flat_params, net.flat_params)
+    c[0].W[...] = 0  # writes through the view reach the flat buffer the kernels read
+    assert not c.flat_params[:c[0].W.size].any()
+
+
+def test_a_parameter_replaced_by_a_new_array_is_refused_by_the_engine():
+    net = fb.Sequential(fb.Linear(3, 2), fb.Softmax(), seed=0)
+    net[0].W = np.zeros((2, 3))  # not a view of flat_params any more
+    with pytest.raises(RuntimeError, match="not a view"):
+        net.predict(np.ones((1, 3)))
