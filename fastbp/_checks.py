@@ -34,8 +34,8 @@ def check_finite(a, name, block=1 << 20, error=ValueError):
     """Refuse NaN and inf, naming the first position that holds one (raising ``error``). Checks
     ``block`` elements at a time, so a large (memory-mapped) array needs no temporary of its
     own size."""
-    if a.dtype.kind != "f" or a.size == 0:
-        return
+    if a.dtype.kind != "f" or a.size == 0 or a.size <= block and np.isfinite(a).all():
+        return  # the common case, without the blockwise search below
     rows = max(1, block // max(1, a[0].size)) if a.ndim > 1 else block
     bad = next((lo for lo in range(0, a.shape[0], rows)
                 if not np.isfinite(a[lo:lo + rows]).all()), None)

@@ -36,14 +36,20 @@ _HERE = pathlib.Path(__file__).resolve().parent
 
 def _cache_dir():
     """Where fastbp's compiled kernels are cached: a folder named by a hash of every kernel
-    source file, the numba version and the Python environment. numba checks only a function's own file, while its
-    cached code holds the callees from other files; a change anywhere in the kernels (an edit,
-    an upgrade) must therefore invalidate all of them. The base is ``NUMBA_CACHE_DIR`` if set,
-    else ``~/.cache/fastbp``, else the temporary folder (a read-only home)."""
+    source file, the numba version, the Python environment, numba's thread count and threading
+    layer. numba checks only a function's own file, while its cached code holds the callees
+    from other files; a change anywhere in the kernels (an edit, an upgrade) must therefore
+    invalidate all of them. The base is ``NUMBA_CACHE_DIR`` if set, else ``~/.cache/fastbp``,
+    else the temporary folder (a read-only home).
+
+    The thread count is in the key because code compiled in a process started with
+    ``NUMBA_NUM_THREADS=1``, calling parallel kernels whose cached code came from a 2-thread
+    process, crashed a 2-thread process that loaded it (measured: a segfault on every run)."""
     import sys
 
     # The environment too: two virtual environments never share compiled code.
-    h = hashlib.sha256((numba.__version__ + sys.prefix).encode())
+    h = hashlib.sha256(f"{numba.__version__} {sys.prefix} {numba.config.NUMBA_NUM_THREADS} "
+                       f"{numba.config.THREADING_LAYER}".encode())
     for f in sorted([_HERE / "_config.py", *(_HERE / "kernels").glob("*.py")]):
         h.update(f.name.encode() + f.read_bytes())
     name = "kernels-" + h.hexdigest()[:16]
@@ -57,9 +63,6 @@ def _cache_dir():
         except OSError:
             continue
     return None  # nowhere writable: compile in memory only
-
-
-CACHE_DIR = _cache_dir()
 
 
 def _race_free_cache_files():
@@ -124,6 +127,7 @@ def _prefer_tbb():
 
 
 _prefer_tbb()
+CACHE_DIR = _cache_dir()
 
 
 def _single_threaded_blas():

@@ -459,3 +459,21 @@ def test_cache_writers_with_stale_indexes_never_share_a_data_file(tmp_path):
     assert fresh.load(("sig-a",)) in (None, b"code for a")  # lost entry: recompiled, never b's
     assert fresh.load(("sig-b",)) == b"code for b"
     shutil.rmtree(folder)
+
+
+CACHE_DIR_OF = r'''
+import json
+import fastbp._config as C
+print(json.dumps(C.CACHE_DIR))
+'''
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
+def test_processes_with_other_thread_counts_keep_separate_kernel_caches():
+    """Code compiled in a process started with NUMBA_NUM_THREADS=1, linking parallel kernels
+    that a 2-thread process had cached, segfaulted every 2-thread process that loaded it
+    (reproduced here: compile at 2 threads, drop the cached ``train_epochs``, recompile it at
+    1 thread, load it at 2). So the thread count is part of the cache folder's key."""
+    dirs = {n: _run_script(CACHE_DIR_OF, _env(NUMBA_NUM_THREADS=n)) for n in (1, 2)}
+    assert dirs[1] and dirs[2] and dirs[1] != dirs[2], dirs
+    assert os.path.dirname(dirs[1]) == os.path.dirname(dirs[2]), dirs

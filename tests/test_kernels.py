@@ -21,11 +21,13 @@ from conftest import DTYPES
 from fastbp.kernels import activations as KA
 from fastbp.kernels import dense as KD
 from fastbp.kernels import divergences as KDiv
+from fastbp.kernels import optim as KO
 from fastbp.kernels import products as KP
 from fastbp.kernels import vector as KV
 
 #: kernel modules whose kernels this file checks against the reference (the optimizers' and the
-#: engine's kernels are tested with the optimizers; fastmath.py in tests/test_fastmath.py)
+#: engine's kernels are tested with the optimizers, fastmath.py in tests/test_fastmath.py; the
+#: finite check and the optimizers' serial twins at the end of this file)
 NOT_HERE = {"fastmath", "optim", "engine"}
 
 #: (T, D) shapes: one unit, one instance, widths that are no multiple of a vector width
@@ -179,8 +181,9 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     what the picked kernel gives (tiny: loops, small: BLAS blocks on one thread, larger: BLAS
     blocks over the threads)."""
     assert KD.dense_mode(1, 1, 1) == KD.LOOP_MODE
-    assert KD.dense_mode(4, 31, 33) == KD.LOOP_MODE  # 4092 multiply-adds
-    assert KD.dense_mode(4, 32, 32) == KD.BLAS_SERIAL_MODE  # 2^12
+    assert KD.dense_mode(3, 10, 17) == KD.LOOP_MODE  # 510 multiply-adds
+    assert KD.dense_mode(2, 16, 16) == KD.BLAS_SERIAL_MODE  # 2^9
+    assert KD.dense_mode(1, 10, 256) == KD.BLAS_SERIAL_MODE  # one row of W6's output layer
     assert KD.dense_mode(8, 128, 64) == KD.BLAS_SERIAL_MODE  # 2^16: too little to split
     assert KD.dense_mode(8, 256, 512) == KD.BLAS_MODE  # 2^20 in four blocks of units
     assert KD.dense_mode(512, 64, 64) == KD.BLAS_MODE  # 2^21 in two blocks of rows
@@ -745,3 +748,40 @@ def test_correct_counts_rows_classified_right(rng, dtype):
 def test_row_block_halves_the_rows_in_multiples_of_64():
     assert [KD.row_block(T) for T in (1, 64, 128, 129, 200, 300, 512, 4096)] == \
         [64, 64, 64, 128, 128, 192, 256, 256]
+
+
+# ==============================================================================================
+# optim: the finite check that gates every update, and the serial twins of the updates (the
+# updates themselves are checked against the reference in tests/test_training.py)
+# ==============================================================================================
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["all_finite", "all_finite_serial"])
+@pytest.mark.parametrize("n", [0, 1, 5, KO.FINITE_BLOCK - 1, KO.FINITE_BLOCK,
+                               3 * KO.FINITE_BLOCK + 7])
+def test_all_finite_finds_every_nan_and_inf(rng, dtype, kernel, n):
+    check = getattr(KO, kernel)
+    ok = np.zeros(max(1, -(-n // KO.FINITE_BLOCK)), np.bool_)
+    a = _data(rng, n, dtype, scale=1e30)
+    if n:
+        a[0], a[-1] = np.finfo(dtype).max, -np.finfo(dtype).max  # the largest finite values
+    assert check(a, ok)
+    for pos in sorted({0, n // 2, max(0, n - 1), min(n - 1, KO.FINITE_BLOCK)}) if n else ():
+        for bad in (np.nan, -np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[pos] = bad
+            assert not check(b, ok), (pos, bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_serial_twins_are_bit_identical(rng, dtype):
+    n = 1000
+    for name, hyper in [("sgd_step", (0.1, 0.9, True, 0.01)), ("sgd_step", (0.1, 0.0, False, 0.0)),
+                        ("adam_step", (0.01, 0.9, 0.999, 1e-8, 0.01, 3))]:
+        p, g, s1, s2 = (_data(rng, n, dtype) for _ in range(4))
+        s2 = np.abs(s2)
+        args = (p, g, s1, s2) if name == "adam_step" else (p, g, s1)
+        copies = [a.copy() for a in args]
+        getattr(KO, name)(*args, *hyper)
+        getattr(KO, name + "_serial")(*copies, *hyper)
+        for a, c in zip(args, copies):
+            assert a.tobytes() == c.tobytes(), name

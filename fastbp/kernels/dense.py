@@ -10,8 +10,9 @@
   different bits with different thread counts (measured on 7 of 22 shapes), so it runs on one
   thread (see ``_config``) and the blocks, fixed by the sizes alone, carry the parallelism.
 - ``dense_mode`` picks one from the sizes alone, so the per-node path and the engine always pick
-  the same kernel and give the same numbers. Measured here, BLAS wins from about 8x64x64 up
-  (4-10x at most sizes, 4x for one row of 784x256); the loops only for tiny products.
+  the same kernel and give the same numbers. Measured here, BLAS wins from about 512
+  multiply-adds up (2-10x at most sizes, 4x for one row of 784x256); the loops only for tiny
+  products.
 """
 
 import numpy as np
@@ -20,7 +21,8 @@ from numba import prange
 from .._config import ARITH, PARALLEL, SERIAL, njit, serial_twin
 
 LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
-BLAS_MIN_WORK = 1 << 12  # multiply-adds from which a BLAS call beats the loop kernels
+BLAS_MIN_WORK = 1 << 9  # multiply-adds from which a BLAS call beats the loop kernels (measured:
+# from 1x16x16 forward, 1x10x64 backward; 1x256x10 forward took 7.1 us in loops, 0.9 in BLAS)
 PAR_MIN_WORK = 1 << 20  # multiply-adds from which spreading blocks over threads pays (a
 # parallel launch costs about as much as 2^18 multiply-adds on one thread here)
 ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T

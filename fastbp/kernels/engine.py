@@ -180,11 +180,11 @@ def loss_stage(kind, regs, y_reg, z_reg, act, grad, labels, d, div, rows):
 
 
 @njit(**SERIAL)
-def _all_finite(a):
-    for i in range(a.shape[0]):
-        if not math.isfinite(a[i]):
-            return False
-    return True
+def _finite_grads(grads, ok):
+    """No NaN or inf in the gradients (on the threads only where there is enough to split)."""
+    if grads.shape[0] >= PAR_MIN_WORK:
+        return KO.all_finite(grads, ok)
+    return KO.all_finite_serial(grads, ok)
 
 
 @njit(**SERIAL)
@@ -213,6 +213,7 @@ def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act
     is not finite stops the epoch before its update."""
     T = order.shape[0]
     n_in = X.shape[1]
+    ok = np.empty(-(-grads.shape[0] // KO.FINITE_BLOCK), np.bool_)
     total = 0.0
     step = 0
     right = 0
@@ -231,7 +232,7 @@ def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act
         value = loss_stage(loss_kind, regs, y_reg, z_reg, act, grad, blabels, bd, div, rows)
         tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iact, grad,
                       rows, last, wt)
-        if not (math.isfinite(value) and _all_finite(grads)):
+        if not (math.isfinite(value) and _finite_grads(grads, ok)):
             out[2] = step
             break
         if count:

@@ -2,9 +2,12 @@
 
 import math
 
+import numpy as np
 from numba import prange
 
-from .._config import PARALLEL, njit, serial_twin
+from .._config import PARALLEL, SERIAL, njit, serial_twin
+
+FINITE_BLOCK = 1 << 14  # elements per block of ``all_finite``
 
 
 @njit(**PARALLEL)
@@ -32,6 +35,41 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
         p[i] -= lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
 
 
+@njit(**SERIAL)
+def _bits_finite(bits, magnitude, inf):
+    """No element of ``bits`` (floats seen as unsigned ints) is NaN or inf: the largest
+    magnitude is below inf's bits. An integer max reduction vectorises, where a loop that
+    leaves at the first NaN does not (measured: 80 us against 31 for 203,530 float32)."""
+    m = bits.dtype.type(0)
+    for i in range(bits.shape[0]):
+        m = max(m, bits[i] & magnitude)
+    return m < inf
+
+
+@njit(**SERIAL)
+def _block_finite(a, lo, hi):
+    """a[lo:hi] holds no NaN or inf."""
+    if a.itemsize == 4:
+        return _bits_finite(a[lo:hi].view(np.uint32), np.uint32(0x7FFFFFFF),
+                            np.uint32(0x7F800000))
+    return _bits_finite(a[lo:hi].view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF),
+                        np.uint64(0x7FF0000000000000))
+
+
+@njit(**PARALLEL)
+def all_finite(a, ok):
+    """True if the flat array ``a`` holds no NaN or inf; block k of FINITE_BLOCK elements
+    writes ``ok[k]`` (``ok`` has at least ``-(-a.size // FINITE_BLOCK)`` places)."""
+    n = -(-a.shape[0] // FINITE_BLOCK)
+    for k in prange(n):
+        ok[k] = _block_finite(a, k * FINITE_BLOCK, min(a.shape[0], (k + 1) * FINITE_BLOCK))
+    for k in range(n):
+        if not ok[k]:
+            return False
+    return True
+
+
 # The same kernels run serially, for ops too small to split (see _config.serial_twin).
 sgd_step_serial = serial_twin(sgd_step)
 adam_step_serial = serial_twin(adam_step)
+all_finite_serial = serial_twin(all_finite)
