@@ -106,6 +106,7 @@ def digest(a):
 # ==============================================================================================
 DETERMINISM = COMMON + r'''
 check_sizes_take_the_parallel_kernels()
+fb.set_num_threads(int(os.environ["FASTBP_TEST_THREADS"]))
 out = {"threads": fb.get_num_threads(), "layer": numba.threading_layer()}
 for dtype in ("float32", "float64"):
     for batch in (BATCH, None):
@@ -117,10 +118,16 @@ print(json.dumps(out))
 '''
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
 def test_training_is_bit_identical_run_to_run_and_with_1_or_2_threads():
-    one = _run_script(DETERMINISM, _env(NUMBA_NUM_THREADS=1))
-    again = _run_script(DETERMINISM, _env(NUMBA_NUM_THREADS=1))
-    two = _run_script(DETERMINISM, _env(NUMBA_NUM_THREADS=2))
+    """Three fresh processes: 1 thread twice, then 2. They share one pool size
+    (``NUMBA_NUM_THREADS=2``, so one kernel cache) and set the thread count with
+    ``fb.set_num_threads``; processes started with ``NUMBA_NUM_THREADS=1`` are compared with
+    2 in tests/test_threads.py."""
+    env = lambda n: _env(NUMBA_NUM_THREADS=2, FASTBP_TEST_THREADS=n)  # noqa: E731
+    one = _run_script(DETERMINISM, env(1))
+    again = _run_script(DETERMINISM, env(1))
+    two = _run_script(DETERMINISM, env(2))
     assert (one.pop("threads"), again.pop("threads"), two.pop("threads")) == (1, 1, 2)
     print("threading layer:", two.pop("layer"), one.pop("layer"), again.pop("layer"))
     assert len(one) == 8
