@@ -1,5 +1,8 @@
 """Validation at the boundary: shape, dtype and finiteness, with the offending value named."""
 
+import numbers
+import sys
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -18,9 +21,7 @@ def as_dtype(dtype):
 
 def as_float_array(x, name, dtype, ndim=2):
     """``x`` as a C-contiguous array of ``dtype`` with ``ndim`` dimensions (1-D is one row)."""
-    a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    a = as_numeric(x, name)
     if ndim == 2 and a.ndim == 1:
         a = a.reshape(1, -1)
     if a.ndim != ndim:
@@ -28,6 +29,60 @@ def as_float_array(x, name, dtype, ndim=2):
     a = np.ascontiguousarray(a, dtype=dtype)
     check_finite(a, name)
     return a
+
+
+def as_numeric(x, name):
+    """``x`` as a NumPy array of bools, integers or reals. Pandas DataFrames and Series of
+    numbers pass (nullable dtypes too); a scipy.sparse matrix, missing values (pandas NA) and
+    non-numeric data raise, naming where."""
+    sparse = sys.modules.get("scipy.sparse")  # not imported: x cannot be one of its matrices
+    if sparse is not None and sparse.issparse(x):
+        raise TypeError(f"{name} is a scipy.sparse matrix (shape {x.shape}); fastbp needs a "
+                        f"dense array: pass {name.split()[-1]}.toarray()")
+    if hasattr(x, "isna") and hasattr(x, "to_numpy"):  # a pandas DataFrame or Series
+        x = _from_pandas(x, name)
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}{_first_odd(a)}")
+    return a
+
+
+def _from_pandas(x, name):
+    missing = np.asarray(x.isna())
+    if missing.any():
+        pos = tuple(int(i) for i in np.argwhere(missing)[0])
+        v = x.iat[pos if len(pos) > 1 else pos[0]]
+        what = "pandas NA" if type(v).__name__ == "NAType" else \
+            "NaN" if isinstance(v, float) and v != v else repr(v)
+        raise ValueError(f"{name} holds missing values ({what}) at {_where(pos)}")
+    dtypes = list(x.dtypes) if hasattr(x, "columns") else [x.dtype]
+    numpy = [getattr(dt, "numpy_dtype", dt) for dt in dtypes]  # nullable Int64 -> int64
+    for j, dt in enumerate(numpy):
+        if not isinstance(dt, np.dtype) or dt.kind not in "biuf":
+            col, values = (f"column {j} ({x.columns[j]!r})", x.iloc[:, j]) \
+                if hasattr(x, "columns") else ("the Series", x)
+            raise TypeError(f"{name} must hold real numbers; {col} has dtype {dtypes[j]}"
+                            f"{_first_odd(np.asarray(values, dtype=object))}")
+    return x.to_numpy(dtype=np.result_type(*numpy)) if numpy else x.to_numpy()
+
+
+def _first_odd(a):
+    """' (<value> at <where>)' for the first element of an object array that is not a real
+    number, a hint when all are numbers, '' for other arrays."""
+    if a.dtype.kind != "O":
+        return ""
+    for i, v in enumerate(a.ravel()):
+        if not isinstance(v, numbers.Real):
+            pos = tuple(int(k) for k in np.unravel_index(i, a.shape))
+            return f" ({v!r} at {_where(pos)})"
+    return " (of numbers: convert it with .astype(float))"
+
+
+def _where(pos):
+    """'row r, column c' for a position in a 2-D array, 'index i' otherwise."""
+    if len(pos) == 2:
+        return f"row {pos[0]}, column {pos[1]}"
+    return f"index {pos[0] if len(pos) == 1 else pos}"
 
 
 def check_finite(a, name, block=1 << 20, error=ValueError):
@@ -43,9 +98,7 @@ def check_finite(a, name, block=1 << 20, error=ValueError):
         pos = tuple(int(i) for i in np.argwhere(~np.isfinite(a[bad:bad + rows]))[0])
         pos = (pos[0] + bad,) + pos[1:]
         what = "NaN" if np.isnan(a[pos]) else "inf"
-        where = f"row {pos[0]}, column {pos[1]}" if len(pos) == 2 else \
-            f"index {pos[0] if len(pos) == 1 else pos}"
-        raise error(f"{name} contains {what} at {where}")
+        raise error(f"{name} contains {what} at {_where(pos)}")
 
 
 def check_width(a, name, width):
@@ -66,3 +119,23 @@ def positive_int(v, name):
     if v < 1:
         raise ValueError(f"{name} must be >= 1, got {v}")
     return int(v)
+
+
+def instance_of(obj, base, name):
+    """``obj`` if it is an instance of ``base``. A class where an instance belongs (``fb.Adam``
+    for ``fb.Adam()``, the classic slip) and anything else are a TypeError naming it."""
+    if isinstance(obj, type):
+        raise TypeError(f"{name}: pass fb.{obj.__name__}(...) (an instance), not the class "
+                        f"fb.{obj.__name__}")
+    if not isinstance(obj, base):
+        raise TypeError(f"{name} must be a fastbp {base.__name__}, got {obj!r}")
+    return obj
+
+
+def writable(a, name):
+    """Refuse a read-only array that training would update in place (a numba TypingError
+    deep inside a kernel otherwise)."""
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only (shape {a.shape}, e.g. after setflags(write=False) "
+                         f"or from a read-only memmap) and training updates it in place; train "
+                         f"a writable copy: net = net.astype(net.dtype)")

@@ -27,6 +27,7 @@ import hashlib
 import os
 import pathlib
 import tempfile
+import threading
 import types
 
 import numba
@@ -42,14 +43,14 @@ def _cache_dir():
     invalidate all of them. The base is ``NUMBA_CACHE_DIR`` if set, else ``~/.cache/fastbp``,
     else the temporary folder (a read-only home).
 
-    The thread count is in the key because code compiled in a process started with
-    ``NUMBA_NUM_THREADS=1``, calling parallel kernels whose cached code came from a 2-thread
-    process, crashed a 2-thread process that loaded it (measured: a segfault on every run)."""
+    The thread count is not in the key: compiled code reads it at run time, and processes with
+    any ``NUMBA_NUM_THREADS`` (joblib's workers run with 1) share one cache. The crash that once
+    seemed to need it was numba's missing thread-pool start (see ``_start_thread_pool``)."""
     import sys
 
     # The environment too: two virtual environments never share compiled code.
-    h = hashlib.sha256(f"{numba.__version__} {sys.prefix} {numba.config.NUMBA_NUM_THREADS} "
-                       f"{numba.config.THREADING_LAYER}".encode())
+    h = hashlib.sha256(f"{numba.__version__} {sys.prefix} {numba.config.THREADING_LAYER}"
+                       .encode())
     for f in sorted([_HERE / "_config.py", *(_HERE / "kernels").glob("*.py")]):
         h.update(f.name.encode() + f.read_bytes())
     name = "kernels-" + h.hexdigest()[:16]
@@ -127,6 +128,23 @@ def _prefer_tbb():
 
 
 _prefer_tbb()
+
+
+def _start_thread_pool():
+    """Start numba's thread pool now, before any kernel runs.
+
+    numba starts its pool from a hook that a compiled function registers when it is loaded
+    from the cache, but a serial function that calls a parallel one is cached without its
+    callee's hook when the callee itself came from the cache during the compile (numba issues
+    #8578 and #9938, fix proposed in PR #9950, not in numba 0.68). A later process that loads
+    only such a function runs parallel code on a pool that was never started: a segfault on the
+    first ``predict`` of a fresh process. Starting the pool at import costs about 8 ms and
+    makes every cache history safe. ``numba.get_num_threads`` is the public call that starts it.
+    """
+    numba.get_num_threads()
+
+
+_start_thread_pool()
 CACHE_DIR = _cache_dir()
 
 
@@ -222,9 +240,27 @@ def set_num_threads(n):
     top = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= top:
         raise ValueError(f"number of threads must be between 1 and {top}, got {n}")
+    global _num_threads
+    _num_threads = n
     numba.set_num_threads(n)
+    _applied.n = n
 
 
 def get_num_threads():
     """The number of threads fastbp's parallel kernels use."""
-    return numba.get_num_threads()
+    return numba.get_num_threads() if _num_threads is None else _num_threads
+
+
+# numba's thread count belongs to each Python thread; fastbp's (set_num_threads) to the process.
+# Entry points (forward, backward, predict, train_step, fit, an optimizer's step) apply it to
+# the calling thread, remembering per thread what they applied so the common call costs one
+# attribute read.
+_num_threads = None
+_applied = threading.local()
+
+
+def use_num_threads():
+    """Apply ``set_num_threads``'s count to the calling Python thread, if one was set."""
+    if _num_threads is not None and getattr(_applied, "n", None) != _num_threads:
+        numba.set_num_threads(_num_threads)
+        _applied.n = _num_threads

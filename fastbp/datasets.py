@@ -1,5 +1,8 @@
 """Small datasets that ship with the install (no downloads)."""
 
+import math
+import numbers
+
 import numpy as np
 
 
@@ -59,18 +62,54 @@ def spirals(n=300, classes=2, noise=0.2, turns=1.5, seed=0):
     return X, y.astype(np.int64)
 
 
-def split(X, y, test_size=0.25, seed=0, stratify=True):
-    """Shuffle and split into (X_train, X_test, y_train, y_test), stratified by label by default.
+def split(X, y, test_size=0.25, seed=0, stratify="auto"):
+    """Shuffle and split into (X_train, X_test, y_train, y_test), stratified for class labels.
+
+    Parameters
+    ----------
+    X, y : arrays with one row per instance
+    test_size : float (a fraction) or int (a count), as scikit-learn's ``train_test_split``
+    seed : int
+    stratify : "auto", True or False
+        Keep the class proportions in both parts. "auto" stratifies class labels: a 1-D ``y``
+        (or one column) of bools, integers or strings in which every class has at least two
+        members and there are no more classes than rows in either part. Float targets
+        (regression, or 0/1 written as floats) are split without. True always stratifies
+        (scikit-learn raises for a class too small), False never.
 
     Examples
     --------
-    >>> import fastbp as fb
+    >>> import numpy as np, fastbp as fb
     >>> X, y = fb.datasets.digits()
     >>> Xtr, Xte, ytr, yte = fb.datasets.split(X, y, test_size=0.25, seed=0)
     >>> len(Xtr) + len(Xte) == len(X)
     True
+    >>> r = np.random.default_rng(0).normal(size=len(X))   # a regression target
+    >>> [len(part) for part in fb.datasets.split(X, r, seed=0)[2:]]
+    [1347, 450]
     """
     from sklearn.model_selection import train_test_split
 
+    if isinstance(stratify, str) and stratify == "auto":
+        stratify = _are_labels(y, test_size)
+    elif not isinstance(stratify, (bool, np.bool_)):
+        raise ValueError(f"stratify must be 'auto', True or False, got {stratify!r}")
     return train_test_split(X, y, test_size=test_size, random_state=seed,
                             stratify=y if stratify else None)
+
+
+def _are_labels(y, test_size):
+    """Whether ``split`` stratifies ``y`` by default (see its ``stratify``)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1 or y.size == 0 or y.dtype.kind not in "biuUSO" or \
+            y.dtype.kind == "O" and not all(isinstance(v, str) for v in y):
+        return False
+    n = y.size
+    if test_size is None:
+        test_size = 0.25
+    n_test = int(test_size) if isinstance(test_size, numbers.Integral) else \
+        math.ceil(float(test_size) * n)
+    counts = np.unique(y, return_counts=True)[1]
+    return bool(counts.min() >= 2 and counts.size <= min(n_test, n - n_test))

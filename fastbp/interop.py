@@ -281,7 +281,7 @@ def from_torch(module, dtype=None):
     if not isinstance(module, nn.Sequential):
         raise TypeError(f"from_torch needs a torch.nn.Sequential, got {type(module).__name__}")
     table = _torch_table(nn)
-    nodes, weights = [], []
+    nodes, weights, used = [], [], set()
 
     def walk(seq):
         for m in seq:
@@ -292,6 +292,7 @@ def from_torch(module, dtype=None):
                                     init="zeros"))
                 b = None if m.bias is None else m.bias.detach().cpu().double().numpy()
                 weights.append((m.weight.detach().cpu().double().numpy(), b))
+                used.update(id(p) for p in m.parameters())
             else:
                 for cls, make in table:
                     if type(m) is cls:
@@ -302,6 +303,12 @@ def from_torch(module, dtype=None):
                                      f"{', '.join(c.__name__ for c, _ in table)}, Sequential")
 
     walk(module)
+    # A Sequential subclass may hold parameters or buffers of its own: refuse, not drop them.
+    left = [n for n, p in module.named_parameters() if id(p) not in used] + \
+        [n for n, _ in module.named_buffers()]
+    if left:
+        raise ValueError(f"from_torch would leave out {left}: only the parameters of "
+                         f"nn.Linear layers have a place in a fastbp network")
     params = list(module.parameters())
     default = {torch.float32: np.float32, torch.float64: np.float64}.get(
         params[0].dtype if params else torch.float32, np.float32)
@@ -349,45 +356,87 @@ def to_torch(net, dtype=None):
         elif t is Softmax:
             m = nn.Softmax(dim=-1)
         else:
-            raise ValueError(f"{node!r} has no PyTorch module in fastbp.interop")
+            raise ValueError(f"{type(node).__name__} has no PyTorch module in fastbp.interop "
+                             f"(to_torch builds an nn.Sequential of Linear layers and "
+                             f"activations); state_dict(net) gives all its parameters by name")
         mods.append(m)
     return nn.Sequential(*mods)
 
 
 # -- PyTorch's layout without PyTorch ---------------------------------------------------------
-def state_dict(net):
-    """The parameters as a dict in PyTorch's ``nn.Sequential`` layout (NumPy copies).
+_TORCH_NAMES = {"W": "weight", "b": "bias"}  # a Linear's parameters, as nn.Linear names them
 
-    Keys "k.weight" (shape (out, in)) and "k.bias" for the Linear node at position k of the
-    network with nested Sequentials spliced in, exactly the keys of ``to_torch(net)``.
-    """
-    out = {}
-    for k, node in enumerate(_flat_nodes(net)):
-        if isinstance(node, Linear):
-            out[f"{k}.weight"] = np.array(node.W)
-            if node.bias:
-                out[f"{k}.bias"] = np.array(node.b)
+
+def _named_params(net):
+    """(key, node, attribute) of every parameter of ``net``, in layer order.
+
+    "k.weight", "k.bias" for the Linear at position k of the network with nested Sequentials
+    spliced in (the module indices of ``to_torch``); a node's own other parameters keep their
+    names ("k.alpha"); the branches of a ``Product`` at position k nest under "k.a." and "k.b."
+    as submodules ``a`` and ``b`` would in PyTorch ("0.a.0.weight"). Raises rather than leave
+    out a parameter of ``net.param_names``."""
+    out = []
+
+    def walk(seq, prefix):
+        nodes = _flat_nodes(seq) if isinstance(seq, Sequential) else [seq]
+        for k, node in enumerate(nodes):
+            for attr, _ in node.param_specs():
+                name = _TORCH_NAMES.get(attr, attr) if isinstance(node, Linear) else attr
+                out.append((f"{prefix}{k}.{name}", node, attr))
+            if not isinstance(node, Sequential):
+                for c, child in zip("ab", node.children()):  # as Sequential.named_specs does
+                    walk(child, f"{prefix}{k}.{c}.")
+
+    walk(net, "")
+    named = {(id(node), attr) for _, node, attr in out}
+    missed = [name for name, node, attr in net._views if (id(node), attr) not in named]
+    if missed or len(named) != len(out):
+        raise ValueError(f"the state dict layout cannot name the parameters {missed} of this "
+                         f"network; use net.params with net.param_names instead")
     return out
 
 
+def state_dict(net):
+    """Every parameter as a dict in PyTorch's layout (NumPy copies).
+
+    Keys "k.weight" (shape (out, in)) and "k.bias" for the Linear node at position k of the
+    network with nested Sequentials spliced in, exactly the keys of ``to_torch(net)``. The two
+    branches of a ``Product`` at position k nest under "k.a." and "k.b." ("0.a.0.weight"), as
+    a PyTorch module holding them as submodules ``a`` and ``b`` names them; other nodes'
+    parameters keep their attribute names ("k.alpha"). Nothing is left out: the dict holds
+    ``net.flat_params.size`` numbers.
+
+    Examples
+    --------
+    >>> import fastbp as fb
+    >>> from fastbp.interop import state_dict
+    >>> glu = fb.Product(fb.Linear(3, 2), fb.Sequential(fb.Linear(3, 2), fb.Sigmoid()))
+    >>> list(state_dict(fb.Sequential(glu, fb.Linear(2, 1), seed=0)))
+    ['0.a.0.weight', '0.a.0.bias', '0.b.0.weight', '0.b.0.bias', '1.weight', '1.bias']
+    """
+    return {key: np.array(getattr(node, attr)) for key, node, attr in _named_params(net)}
+
+
 def load_state_dict(net, sd):
-    """Copy parameters from a PyTorch-layout state dict (tensors or arrays) into ``net``.
+    """Copy parameters from a state dict in :func:`state_dict`'s layout (tensors or arrays)
+    into ``net``.
 
     Checks every key and shape first; on any mismatch raises ``ValueError`` and changes nothing.
     """
-    mine = state_dict(net)
+    mine = {key: (node, attr) for key, node, attr in _named_params(net)}
     given = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
              for k, v in dict(sd).items()}
     if set(given) != set(mine):
         raise ValueError(f"state dict keys differ: missing {sorted(set(mine) - set(given))}, "
                          f"unexpected {sorted(set(given) - set(mine))}")
     for k, v in given.items():
-        if v.shape != mine[k].shape:
-            raise ValueError(f"{k}: shape {v.shape}, the network has {mine[k].shape}")
-        if not np.isfinite(v).all():
-            raise ValueError(f"{k} contains NaN or inf")
-    nodes = _flat_nodes(net)
+        node, attr = mine[k]
+        if v.shape != getattr(node, attr).shape:
+            raise ValueError(f"{k}: shape {v.shape}, the network has "
+                             f"{getattr(node, attr).shape}")
+        if v.dtype.kind not in "biuf" or not np.isfinite(v).all():
+            raise ValueError(f"{k} contains NaN or inf or is not numeric (dtype {v.dtype})")
     for k, v in given.items():
-        i, attr = k.split(".")
-        getattr(nodes[int(i)], "W" if attr == "weight" else "b")[...] = v
+        node, attr = mine[k]
+        getattr(node, attr)[...] = v
     return net

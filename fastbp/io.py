@@ -1,18 +1,30 @@
 """Save and load networks (and training checkpoints) as ``.npz``: arrays plus the architecture
 as JSON. Nothing is ever unpickled or executed from a file: node types come from a fixed table,
-object arrays are refused, and every array's header is checked against its size in the archive
+object arrays are refused, only regular files are opened, only the members the format defines
+are read, and every member's header is checked against the size the architecture declares
 before anything is allocated."""
 
+import errno
 import io
 import json
+import math
 import os
-import tempfile
+import secrets
+import stat
+import time
 import zipfile
 
 import numpy as np
 
 FORMAT = "fastbp"
 VERSION = 1
+
+ARCH_MAX_BYTES = 1 << 26   # the architecture member (stored as UTF-32: 16 Mi characters)
+META_MAX_CHARS = 1 << 20   # the most characters ``net.meta`` may take as JSON
+INT_MAX_DIGITS = 40        # integers in a file's JSON (a 128-bit generator state has 39)
+WIDTH_MAX = 1 << 53        # integers in a node's configuration (exact in float64)
+STALE_SECONDS = 600        # a save's temporary file this old is a leftover of a killed save
+_META_DEPTH = 32
 
 
 class CheckpointError(ValueError):
@@ -31,8 +43,11 @@ def _node_types():
     return table
 
 
+# ==============================================================================================
+# Architecture and meta
+# ==============================================================================================
 def architecture(net):
-    """The network's architecture as plain JSON-ready data."""
+    """The network's architecture as plain JSON-ready data, ``net.meta`` included."""
     from .network import Sequential
     from .products import Product
 
@@ -47,74 +62,215 @@ def architecture(net):
         return {"type": type(node).__name__, "config": node.config()}
 
     return {"format": FORMAT, "version": VERSION, "dtype": net.dtype.name,
-            "root": describe(net)}
+            "root": describe(net), "meta": check_meta(getattr(net, "meta", None) or {})}
 
 
-def build(arch, n_params=None):
-    """A network from :func:`architecture`'s output (parameters freshly initialised). With
-    ``n_params``, the architecture must hold exactly that many parameters, checked before any
-    parameter is allocated (a small file cannot make ``load`` allocate a huge network)."""
-    from .network import Sequential
-    from .products import Product
+def check_meta(meta, where="net.meta"):
+    """``meta`` if it is a dict of JSON values (str keys; None, bool, int, finite float, str,
+    list, dict) of at most ``META_MAX_CHARS`` characters as JSON; otherwise TypeError or
+    ValueError naming the offending key."""
+    def walk(v, at, depth):
+        if depth > _META_DEPTH:
+            raise ValueError(f"{at} is nested deeper than {_META_DEPTH} levels")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"{at} has a key {k!r} of type {type(k).__name__}; JSON "
+                                    f"keys are strings")
+                walk(x, f"{at}[{k!r}]", depth + 1)
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                walk(x, f"{at}[{i}]", depth + 1)
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueError(f"{at} is {v}; JSON holds finite numbers only")
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if abs(v) >= 1 << 63:
+                raise ValueError(f"{at} = {v} does not fit 64 bits")
+        elif v is not None and not isinstance(v, (str, bool)):
+            raise TypeError(f"{at} is a {type(v).__name__}; meta holds JSON types only "
+                            f"(dict, list, str, int, float, bool, None)")
 
+    if not isinstance(meta, dict):
+        raise TypeError(f"{where} must be a dict, got {type(meta).__name__}")
+    walk(meta, where, 0)
+    size = len(json.dumps(meta))
+    if size > META_MAX_CHARS:
+        raise ValueError(f"{where} takes {size} characters as JSON; at most {META_MAX_CHARS}")
+    return meta
+
+
+def _check_config_ints(v, where):
+    """Refuse integers beyond ``WIDTH_MAX`` and non-finite numbers anywhere in a node's
+    configuration: no width, size or index is so large that sizing it overflows."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _check_config_ints(x, f"{where}.{k}")
+    elif isinstance(v, list):
+        for x in v:
+            _check_config_ints(x, where)
+    elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > WIDTH_MAX:
+        raise CheckpointError(f"{where} = {v} is beyond {WIDTH_MAX}")
+
+
+def _declare(arch):
+    """The node tree of ``arch`` as ("leaf", node) / (kind, [subtrees]), its leaves
+    constructed and nothing assembled (no widths inferred, nothing allocated), and the number
+    of parameters it declares."""
     if not isinstance(arch, dict) or arch.get("format") != FORMAT:
         raise CheckpointError("not a fastbp architecture (no 'format': 'fastbp')")
     if arch.get("version") != VERSION:
         raise CheckpointError(f"unsupported fastbp file version {arch.get('version')!r}")
     types = _node_types()
 
-    def make(d, depth=0):
+    def parse(d, depth=0):
         if depth > 64 or not isinstance(d, dict):
             raise CheckpointError("malformed architecture")
         kind = d.get("type")
         if kind == "Sequential":
-            return Sequential(*[make(n, depth + 1) for n in d.get("nodes", [])], _bind=False)
+            nodes = d.get("nodes")
+            if not isinstance(nodes, list):
+                raise CheckpointError("malformed architecture: Sequential without a node list")
+            return kind, [parse(n, depth + 1) for n in nodes]
         if kind == "Product":
-            return Product(make(d.get("a"), depth + 1), make(d.get("b"), depth + 1))
-        if kind not in types:
+            return kind, [parse(d.get("a"), depth + 1), parse(d.get("b"), depth + 1)]
+        if not isinstance(kind, str) or kind not in types:
             raise CheckpointError(f"unknown node type {kind!r} in architecture")
         cfg = d.get("config", {})
         if not isinstance(cfg, dict):
             raise CheckpointError(f"malformed config for {kind}")
-        return types[kind](**cfg)
+        _check_config_ints(cfg, kind)
+        return "leaf", types[kind](**cfg)
+
+    def leaves(tree):
+        kind, part = tree
+        return [part] if kind == "leaf" else [n for sub in part for n in leaves(sub)]
 
     try:
-        root = make(arch.get("root"))
-        if not isinstance(root, Sequential):
+        tree = parse(arch.get("root"))
+        if tree[0] != "Sequential":
             raise CheckpointError("architecture root is not a Sequential")
-        if n_params is not None:
-            need = sum(int(np.prod(shape, dtype=np.float64)) for *_, shape in root.named_specs())
-            if need != n_params:
-                raise CheckpointError(f"the architecture has {need} parameters but the file "
-                                      f"holds {n_params}")
-        return Sequential(*root.nodes, dtype=arch.get("dtype", "float64"))
+        # Only leaves own parameters, sized by their configuration alone: exact integers.
+        need = sum(math.prod(shape) for node in leaves(tree) for _, shape in node.param_specs())
     except CheckpointError:
         raise
-    except (TypeError, ValueError, RecursionError) as e:
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
         raise CheckpointError(f"invalid architecture: {type(e).__name__}: {e}") from e
+    return tree, need
 
 
-def write_npz(path, arrays):
-    """Write ``arrays`` atomically: a temporary file in the same folder, then a rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=folder)
+def _assemble(tree, arch, path=None):
+    """The network of a tree from ``_declare``, its parameters freshly initialised."""
+    from .network import Sequential
+    from .products import Product
+
+    def make(t):
+        kind, part = t
+        if kind == "leaf":
+            return part
+        if kind == "Product":
+            return Product(*[make(s) for s in part])
+        return Sequential(*[make(s) for s in part], _bind=False)
+
+    where = f"{path}: " if path is not None else ""
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        meta = check_meta(arch.get("meta", {}), "the file's meta")
+        net = Sequential(*make(tree).nodes, dtype=arch.get("dtype", "float64"))
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
+        raise CheckpointError(f"{where}invalid architecture: {type(e).__name__}: {e}") from e
+    net.meta = json.loads(json.dumps(meta))  # a copy of its own
+    return net
+
+
+def build(arch, n_params=None):
+    """A network from :func:`architecture`'s output (parameters freshly initialised). With
+    ``n_params``, the architecture must hold exactly that many parameters, checked before any
+    parameter is allocated (a small file cannot make ``load`` allocate a huge network)."""
+    tree, need = _declare(arch)
+    if n_params is not None and need != n_params:
+        raise CheckpointError(f"the architecture has {need} parameters but the file holds "
+                              f"{n_params}")
+    return _assemble(tree, arch)
+
+
+def _arch_dtype(arch, path):
+    from ._checks import as_dtype
+
+    try:
+        return as_dtype(arch.get("dtype", "float64"))
+    except TypeError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+# ==============================================================================================
+# Reading
+# ==============================================================================================
+def _kind_of(mode):
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path):
+    """``path`` opened for reading in binary, if it is a regular file (after symlinks):
+    FileNotFoundError if it does not exist, CheckpointError naming what it is otherwise. It is
+    opened without blocking, so a FIFO is refused rather than waited on."""
+    path = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)  # FileNotFoundError and PermissionError name the path
+    except IsADirectoryError:  # Windows cannot open folders at all
+        raise CheckpointError(f"{path} is a directory, not a fastbp file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            real = os.path.realpath(path)
+            shown = path if real == os.path.abspath(path) else f"{path} (-> {real})"
+            raise CheckpointError(f"{shown} is {_kind_of(st.st_mode)}, not a regular file; "
+                                  f"refused")
+        return os.fdopen(fd, "rb")
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.close(fd)
         raise
 
 
-def _checked_header(f, size, what, max_bytes):
-    """Read an .npy header from ``f`` (of ``size`` bytes in all) and refuse object arrays and
-    claimed sizes beyond the bytes after the header (so nothing huge is allocated for a small,
-    lying file)."""
+def _parse_int(text):
+    if len(text.lstrip("-")) > INT_MAX_DIGITS:
+        raise CheckpointError(f"an integer of {len(text)} digits; at most {INT_MAX_DIGITS}")
+    return int(text)
+
+
+def _parse_float(text):
+    v = float(text)
+    if not math.isfinite(v):
+        raise CheckpointError(f"the number {text[:40]} overflows")
+    return v
+
+
+def _refuse_constant(name):
+    raise CheckpointError(f"{name} in JSON; fastbp files hold finite numbers only")
+
+
+def parse_json(text, what, allow_constants=False):
+    """``text`` parsed as JSON with every integer bounded to ``INT_MAX_DIGITS`` digits (before
+    conversion) and, unless ``allow_constants``, no NaN, Infinity or overflowing number."""
+    extra = {} if allow_constants else dict(parse_float=_parse_float,
+                                            parse_constant=_refuse_constant)
+    try:
+        return json.loads(text, parse_int=_parse_int, **extra)
+    except CheckpointError as e:
+        raise CheckpointError(f"{what}: {e}") from e
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{what} is not valid JSON ({type(e).__name__})") from e
+
+
+def _header(f, size, what):
+    """(shape, dtype, claimed bytes) of the .npy header at the start of ``f``, a member of
+    ``size`` bytes; object arrays and claims beyond the bytes after the header are refused."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
@@ -124,67 +280,139 @@ def _checked_header(f, size, what, max_bytes):
         raise CheckpointError(f"{what}: unknown .npy format version {version}")
     if dtype.hasobject:
         raise CheckpointError(f"{what} is an object array; refused")
-    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    claimed = math.prod(shape) * dtype.itemsize
     available = size - f.tell()
-    if claimed > available or claimed > max_bytes:
+    if claimed > available:
         raise CheckpointError(f"{what} claims {claimed} bytes but holds {available}")
+    return shape, dtype, claimed
+
+
+class Archive:
+    """An ``.npz`` opened for reading one member at a time; members nobody asks for are never
+    read. Use as a context manager.
+
+    Examples
+    --------
+    >>> import os, tempfile, fastbp as fb
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.npz")
+    >>> fb.Sequential(fb.Linear(3, 2), seed=0).save(path)
+    >>> with fb.io.Archive(path) as z:
+    ...     z.array("params", max_bytes=64, shape=(8,)).shape
+    (8,)
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        f = open_regular(self.path)
+        try:
+            self._zip = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            f.close()
+            raise CheckpointError(f"{self.path}: not a fastbp checkpoint ({e})") from e
+        self._file = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._zip.close()
+        self._file.close()
+
+    def __contains__(self, name):
+        return name in self.names()
+
+    def names(self):
+        """Names of the archive's ``.npy`` members, without the suffix."""
+        return {n[:-4] for n in self._zip.namelist() if n.endswith(".npy")}
+
+    def array(self, name, max_bytes, shape=None, dtype=None):
+        """Member ``name``: its header must claim at most ``max_bytes`` (and exactly ``shape``
+        and ``dtype`` when given) and no more than the member holds, all checked before the
+        array is allocated."""
+        what = f"{self.path}: {name}"
+        try:
+            info = self._zip.getinfo(name + ".npy")
+        except KeyError:
+            raise CheckpointError(f"{self.path}: not a fastbp checkpoint (no {name!r})") from None
+        try:
+            with self._zip.open(info) as f:
+                # The header is parsed from at most 64 KiB read here: a header that claims a
+                # length of gigabytes is refused, not read into memory.
+                got_shape, got_dtype, claimed = _header(io.BytesIO(f.read(1 << 16)),
+                                                        info.file_size, what)
+            if shape is not None and tuple(got_shape) != tuple(shape) or \
+                    dtype is not None and got_dtype != np.dtype(dtype):
+                raise CheckpointError(f"{what} has shape {got_shape} and dtype {got_dtype}; "
+                                      f"the architecture declares {tuple(shape or got_shape)} "
+                                      f"and {np.dtype(dtype or got_dtype)}")
+            if claimed > max_bytes:
+                raise CheckpointError(f"{what} claims {claimed} bytes; at most {max_bytes}")
+            with self._zip.open(info) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        except CheckpointError:
+            raise
+        except Exception as e:  # zlib, header and size errors of a damaged member
+            raise CheckpointError(f"{self.path}: damaged member {name!r} ({e})") from e
+
+    def json(self, name, max_bytes, allow_constants=False):
+        """Member ``name``, a JSON text stored as a 0-d string array, parsed (see
+        :func:`parse_json`)."""
+        a = self.array(name, max_bytes)
+        if a.dtype.kind != "U" or a.ndim != 0:
+            raise CheckpointError(f"{self.path}: {name} is not a JSON string (dtype "
+                                  f"{a.dtype}, shape {a.shape})")
+        return parse_json(str(a), f"{self.path}: {name}", allow_constants)
+
+    def finite_array(self, name, shape, dtype):
+        """Member ``name`` of exactly ``shape`` and ``dtype``, with no NaN or inf."""
+        from ._checks import check_finite
+
+        dtype = np.dtype(dtype)
+        a = self.array(name, math.prod(shape) * dtype.itemsize, shape, dtype)
+        check_finite(a, f"{self.path}: {name}", error=CheckpointError)
+        return a
 
 
 def read_npy(path, max_bytes=1 << 34):
-    """One array from an ``.npy`` file: no pickles, no object arrays, no header that claims
-    more data than the file holds."""
-    try:
-        with open(path, "rb") as f:
+    """One array from an ``.npy`` file: a regular file, no pickles, no object arrays, no header
+    that claims more data than the file holds."""
+    with open_regular(path) as f:
+        try:
             size = os.fstat(f.fileno()).st_size
-            # The header is parsed from at most 64 KiB read here: a header that claims a
-            # length of gigabytes is refused, not read into memory.
-            _checked_header(io.BytesIO(f.read(1 << 16)), size, str(path), max_bytes)
-        return np.load(path, allow_pickle=False)
-    except CheckpointError:
-        raise
-    except (OSError, MemoryError):
-        raise
-    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, TokenError
-        raise CheckpointError(f"{path}: not a readable .npy file ({type(e).__name__}: "
-                              f"{e})") from e
+            _, _, claimed = _header(io.BytesIO(f.read(1 << 16)), size, str(path))
+            if claimed > max_bytes:
+                raise CheckpointError(f"{path} claims {claimed} bytes; at most {max_bytes}")
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        except (CheckpointError, OSError, MemoryError):
+            raise
+        except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, TokenError
+            raise CheckpointError(f"{path}: not a readable .npy file ({type(e).__name__}: "
+                                  f"{e})") from e
 
 
-def read_npz(path, max_bytes=1 << 34):
-    """Every array in an ``.npz`` file, refusing pickles, object arrays, and headers that claim
-    more data than the archive holds."""
+def read_network(z):
+    """(network, architecture) from an open :class:`Archive`: the architecture first, then
+    ``params`` bounded by the size it declares, then the network allocated."""
+    arch = z.json("architecture", ARCH_MAX_BYTES)
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a fastbp checkpoint ({e})") from e
-    out = {}
-    with zf:
-        for info in zf.infolist():
-            name = info.filename
-            if not name.endswith(".npy"):
-                raise CheckpointError(f"{path}: unexpected member {name!r}")
-            try:
-                with zf.open(info) as f:
-                    _checked_header(io.BytesIO(f.read(1 << 16)), info.file_size,
-                                    f"{path}: {name}", max_bytes)
-                with zf.open(info) as f:
-                    out[name[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
-            except CheckpointError:
-                raise
-            except Exception as e:  # zlib, header and size errors of a damaged member
-                raise CheckpointError(f"{path}: damaged member {name!r} ({e})") from e
-    return out
-
-
-def save(net, path, **extra):
-    """Write ``net`` (architecture and parameters) to ``path``; ``extra`` arrays ride along."""
-    arrays = {"architecture": np.array(json.dumps(architecture(net))),
-              "params": net.flat_params}
-    arrays.update(extra)
-    write_npz(path, arrays)
+        tree, need = _declare(arch)
+    except CheckpointError as e:
+        raise CheckpointError(f"{z.path}: {e}") from e
+    params = z.finite_array("params", (need,), _arch_dtype(arch, z.path))
+    net = _assemble(tree, arch, z.path)
+    net.flat_params[...] = params
+    return net, arch
 
 
 def load(path):
-    """A network from a file written by ``net.save``.
+    """A network from a file written by ``net.save`` (with ``net.meta`` as saved).
+
+    Raises FileNotFoundError for a missing file and CheckpointError (a ValueError) for anything
+    else that is not a valid fastbp file: not a regular file, damaged, foreign or hostile.
 
     Examples
     --------
@@ -195,29 +423,99 @@ def load(path):
     >>> np.array_equal(fb.load(path).flat_params, net.flat_params)
     True
     """
-    arrays = read_npz(path)
-    net, _ = _from_arrays(arrays, path)
-    return net
+    with Archive(path) as z:
+        return read_network(z)[0]
 
 
-def _from_arrays(arrays, path):
-    if "architecture" not in arrays or "params" not in arrays:
-        raise CheckpointError(f"{path}: not a fastbp checkpoint (no architecture/params)")
-    arch_arr = arrays["architecture"]
-    if arch_arr.dtype.kind != "U" or arch_arr.ndim != 0:
-        raise CheckpointError(f"{path}: architecture is not a JSON string")
+# ==============================================================================================
+# Writing
+# ==============================================================================================
+def _temp_prefix(base):
+    return f".fastbp-{base[:100]}-"
+
+
+def _is_temp_of(name, base):
+    """Whether ``name`` is a temporary file of a save to ``base`` (or of fastbp 0.1's saves,
+    named ``.fastbp-XXXXXXXX.tmp`` by ``tempfile``)."""
+    if not (name.startswith(".fastbp-") and name.endswith(".tmp")):
+        return False
+    prefix = _temp_prefix(base)
+    tag = name[len(prefix):-4] if name.startswith(prefix) else None
+    if tag is not None and len(tag) == 8 and all(c in "0123456789abcdef" for c in tag):
+        return True
+    old = name[len(".fastbp-"):-4]
+    return len(old) == 8 and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_" for c in old)
+
+
+def _remove_stale_temps(folder, base):
+    """Remove what killed saves to ``base`` left behind (older than ``STALE_SECONDS``: a save
+    in progress writes to its file and keeps it fresh)."""
+    now = time.time()
     try:
-        arch = json.loads(str(arch_arr))
-    except (ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path}: architecture is not valid JSON "
-                              f"({type(e).__name__})") from e
-    params = arrays["params"]
-    if params.ndim != 1:
-        raise CheckpointError(f"{path}: params must be 1-D, got shape {params.shape}")
-    net = build(arch, n_params=params.size)
-    if params.shape != net.flat_params.shape or params.dtype != net.dtype:
-        raise CheckpointError(f"{path}: params of shape {params.shape} and dtype "
-                              f"{params.dtype} do not fit the architecture "
-                              f"({net.flat_params.shape}, {net.dtype})")
-    net.flat_params[...] = params
-    return net, arch
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if _is_temp_of(entry.name, base) and entry.is_file(follow_symlinks=False) and \
+                    now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # another process removed or renamed it first
+
+
+def _named(e, path, doing):
+    """``e`` again, naming ``path`` (the file asked for) instead of a temporary file."""
+    if e.errno is None:
+        return type(e)(f"{doing} {path}: {e}")
+    return OSError(e.errno, f"{doing} {path}: {e.strerror}", path)  # the same subclass
+
+
+def write_npz(path, arrays):
+    """Write ``arrays`` atomically: a temporary file ``.fastbp-<name>-<tag>.tmp`` in the same
+    folder, created as any file is (its mode honours the umask), then a rename. The temporary
+    file is removed on any exception, KeyboardInterrupt included; those of killed saves to the
+    same name are removed once stale. OSErrors name ``path``."""
+    path = os.fspath(path)
+    folder, base = os.path.split(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, f"cannot save to {path}: it is a directory", path)
+    _remove_stale_temps(folder, base)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    tmp = None
+    try:
+        while tmp is None:
+            name = os.path.join(folder, f"{_temp_prefix(base)}{secrets.token_hex(4)}.tmp")
+            try:
+                fd = os.open(name, flags, 0o666)
+                tmp = name
+            except FileExistsError:
+                continue
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise _named(e, path, "cannot save to") from e
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def save(net, path, **extra):
+    """Write ``net`` (architecture, ``net.meta`` and parameters) to ``path``; ``extra`` arrays
+    ride along. Parameters holding NaN or inf are refused (ValueError): ``load`` would refuse
+    the file."""
+    from ._checks import check_finite
+
+    arch = json.dumps(architecture(net), allow_nan=False)
+    check_finite(net.flat_params, "the network's parameters")
+    arrays = {"architecture": np.array(arch), "params": net.flat_params}
+    arrays.update(extra)
+    write_npz(path, arrays)

@@ -9,13 +9,14 @@ import numpy as np
 from . import _checks
 from .kernels import divergences as KDiv
 from .nodes import Sigmoid
-from .vector import Softmax
+from .vector import Softmax, VectorActivation
 
 
 class Divergence:
     """Base class: subclasses provide ``target``, ``_kernel`` and optionally ``_fused``."""
 
-    fuses_with = None
+    fuses_with = None  # the node that ends a network made for this divergence
+    expects = None  # what that node gives, for messages: "probability outputs"
 
     def __call__(self, Y, d):
         """The mean divergence over the rows of Y."""
@@ -49,6 +50,22 @@ class Divergence:
         self._fused_kernel(target)(z, y, target, div, dz, 1.0 / z.shape[0])
         return KDiv.mean(div), dz
 
+    def output_hint(self, net):
+        """A sentence naming the likely cause of trouble when ``net`` ends in a built-in node
+        other than the one this divergence expects (``KL`` without ``Softmax``), else None."""
+        last = net
+        while hasattr(last, "nodes"):  # the last node inside nested Sequentials
+            last = last.nodes[-1]
+        # A user's node or VectorActivation may well give probabilities; no built-in node but
+        # ``fuses_with`` does (a Sigmoid's outputs do not sum to 1, a Softmax's single output
+        # is always 1).
+        user = isinstance(last, VectorActivation) or \
+            not type(last).__module__.startswith("fastbp.")
+        if self.fuses_with is None or isinstance(last, self.fuses_with) or user:
+            return None
+        return (f"{type(self).__name__} expects {self.expects}: end the network with "
+                f"fb.{self.fuses_with.__name__}() (it ends in {type(last).__name__})")
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -57,9 +74,7 @@ class Divergence:
 
 
 def _float_target(d, rows, width, dtype, name="d"):
-    d = np.asarray(d)
-    if d.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {d.dtype}")
+    d = _checks.as_numeric(d, name)
     if d.ndim == 1 and width == 1:
         d = d.reshape(-1, 1)
     if d.ndim != 2:
@@ -105,9 +120,13 @@ class KL(Divergence):
     """
 
     fuses_with = Softmax
+    expects = "probability outputs"
 
     def target(self, d, rows, width, dtype):
-        d = np.asarray(d)
+        d = _checks.as_numeric(d, "d")
+        if d.ndim == 2 and d.shape[1] == 1 and width > 1:
+            raise ValueError(f"d has shape {d.shape}, one column, but the network has {width} "
+                             f"outputs: class labels go in a 1-D array, pass d.ravel()")
         if d.ndim == 1:
             if d.dtype.kind not in "iu":
                 raise TypeError(f"class labels d must be integers, got dtype {d.dtype}; "
@@ -149,6 +168,7 @@ class BinaryKL(Divergence):
     """
 
     fuses_with = Sigmoid
+    expects = "outputs in (0, 1)"
 
     def target(self, d, rows, width, dtype):
         d = _float_target(d, rows, width, dtype)

@@ -1,11 +1,64 @@
 """Sequential networks: the seed's layer-by-layer forward pass and the backward pass."""
 
+import collections
 import copy
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _config
 from .nodes import Node
+
+_REPR_WIDTH = 88  # a network's repr up to this long stays on one line
+
+SummaryRow = collections.namedtuple("SummaryRow", "name layer depth width params")
+SummaryRow.__doc__ = """One node in ``Sequential.summary()``: ``name`` as in ``param_names``
+("4.a.0"), ``layer`` its description, ``depth`` its nesting level, ``width`` its output width
+(None where unknown), ``params`` its parameter count with those of the nodes inside it."""
+
+
+class Summary:
+    """The table of :meth:`Sequential.summary`; ``str`` and ``repr`` give the table."""
+
+    def __init__(self, net):
+        self.n_in, self.n_out = net.n_in, net.n_out
+        self.dtype = getattr(net, "dtype", None)
+        self.rows = list(self._rows(net, net.n_in, "", 0))
+        self.total_params = sum(int(np.prod(s)) for *_, s in net.named_specs())
+
+    @classmethod
+    def _rows(cls, seq, n, prefix, depth):
+        for k, node in enumerate(seq.nodes):
+            name, n_out = f"{prefix}{k}", node.infer(n)
+            params = sum(int(np.prod(s)) for *_, s in Sequential._node_specs(node, name))
+            inner = node.nodes if isinstance(node, Sequential) else node.children()
+            layer = type(node).__name__ if inner else " ".join(repr(node).split())
+            yield SummaryRow(name, layer, depth, n_out, params)
+            if isinstance(node, Sequential):
+                yield from cls._rows(node, n, f"{name}.", depth + 1)
+            else:  # a node's sub-networks, named "a", "b" as in ``named_specs``
+                for c, child in zip("ab", node.children()):
+                    yield from cls._rows(child, n, f"{name}.{c}.", depth + 1)
+            n = n_out
+
+    def __str__(self):
+        table = [("#", "layer", "output", "params")] + [
+            (r.name, "  " * r.depth + r.layer, _count(r.width), _count(r.params))
+            for r in self.rows]
+        w = [max(len(row[i]) for row in table) for i in range(4)]
+        lines = [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}" for a, b, c, d in table]
+        rule = "-" * len(lines[0])
+        head = f"Sequential: {_count(self.n_in)} inputs, {_count(self.n_out)} outputs"
+        total = f"total: {self.total_params:,} parameters"
+        if self.dtype is not None:
+            head += f", {self.dtype.name}"
+            total += f", {self.total_params * self.dtype.itemsize:,} bytes"
+        return "\n".join([head, lines[0], rule, *lines[1:], rule, total])
+
+    __repr__ = __str__
+
+
+def _count(n):
+    return "?" if n is None else f"{n:,}"
 
 
 class Sequential(Node):
@@ -42,6 +95,8 @@ class Sequential(Node):
         if not nodes:
             raise ValueError("Sequential needs at least one node")
         for k, node in enumerate(nodes):
+            if isinstance(node, type):  # fb.Tanh for fb.Tanh(): say so
+                _checks.instance_of(node, Node, f"node {k}")
             if not isinstance(node, Node):
                 raise TypeError(f"node {k} is not a fastbp node: {node!r}")
         self.nodes = list(nodes)
@@ -146,10 +201,42 @@ class Sequential(Node):
         return iter(self.nodes)
 
     def __repr__(self):
-        inner = ",\n".join("  " + repr(n).replace("\n", "\n  ") for n in self.nodes)
+        # Constructor-like: on one line while it is short, else one node a line (nested
+        # networks indented); the dtype only where it is not the default float64.
+        parts = [repr(n) for n in self.nodes]
         dt = getattr(self, "dtype", None)
-        return f"Sequential(\n{inner},\n  dtype={dt})" if dt is not None \
-            else f"Sequential(\n{inner})"
+        if dt is not None and dt != np.float64:
+            parts.append(f"dtype=np.{dt.name}")
+        line = f"Sequential({', '.join(parts)})"
+        if len(line) <= _REPR_WIDTH and "\n" not in line:
+            return line
+        inner = ",\n".join("  " + p.replace("\n", "\n  ") for p in parts)
+        return f"Sequential(\n{inner})"
+
+    def summary(self):
+        """A table of the nodes (nested ones indented under theirs), each node's output width
+        and parameter count, and the total, as Keras' ``model.summary()`` and torchinfo show.
+
+        Returns a :class:`Summary`: ``print(net.summary())`` prints the table, ``rows`` holds
+        one ``SummaryRow(name, layer, depth, width, params)`` per node, ``total_params`` the
+        total. ``name`` is the prefix of the node's entries in ``param_names``.
+
+        Examples
+        --------
+        >>> import fastbp as fb
+        >>> net = fb.Sequential(fb.Linear(4, 8), fb.Tanh(), fb.Linear(8, 3), fb.Softmax(), seed=0)
+        >>> net.summary()
+        Sequential: 4 inputs, 3 outputs, float64
+        #  layer         output  params
+        -------------------------------
+        0  Linear(4, 8)       8      40
+        1  Tanh()             8       0
+        2  Linear(8, 3)       3      27
+        3  Softmax()          3       0
+        -------------------------------
+        total: 67 parameters, 536 bytes
+        """
+        return Summary(self)
 
     @property
     def params(self):
@@ -205,6 +292,8 @@ class Sequential(Node):
         return np.concatenate(parts) if parts else None
 
     def _input(self, X, name="X"):
+        # Every entry point validates its input here: apply fastbp's thread count to this thread.
+        _config.use_num_threads()
         X = _checks.as_float_array(X, name, self.dtype)
         _checks.check_width(X, name, self.n_in)
         if X.shape[0] == 0:
@@ -229,6 +318,7 @@ class Sequential(Node):
         """
         if self._ctx is None:
             raise RuntimeError("call forward before backward")
+        _config.use_num_threads()
         dY = _checks.as_float_array(dY, "dY", self.dtype)
         if dY.shape != self._out_shape:
             raise ValueError(f"dY has shape {dY.shape} but the last forward gave "

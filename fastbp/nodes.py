@@ -219,8 +219,8 @@ class ReLU(_Kinked):
     --------
     >>> import numpy as np, fastbp as fb
     >>> r = fb.ReLU()
-    >>> r.forward(np.array([[-1.0, 0.0, 2.0]]))
-    array([[0., 0., 2.]])
+    >>> r.forward(np.array([[-1.0, 0.0, 2.0]]))  # z < 0 gives 0 * z: -0.0, equal to 0.0
+    array([[-0.,  0.,  2.]])
     >>> r.backward(np.ones((1, 3)))
     array([[0., 1., 1.]])
     """

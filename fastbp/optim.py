@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from . import _checks, _config
 from .kernels import optim as KO
 
 
@@ -83,6 +84,7 @@ class Optimizer:
 
     def _buffers(self, net, names):
         p = net.flat_params
+        _checks.writable(p, "net.flat_params")  # before any step writes into it
         if self.state.get("size") != p.size or self.state.get("dtype") != p.dtype.str:
             self.state = {"size": p.size, "dtype": p.dtype.str}
             for n in names:
@@ -134,6 +136,7 @@ class SGD(Optimizer):
     def step(self, net):
         (v,) = self._buffers(net, ["v"])
         self.t += 1
+        _config.use_num_threads()
         KO.sgd_step(net.flat_params, net.flat_grads, v, self.current_lr(), self.momentum,
                     self.nesterov, self.weight_decay)
 
@@ -164,6 +167,7 @@ class Adam(Optimizer):
     def step(self, net):
         m, v = self._buffers(net, ["m", "v"])
         self.t += 1
+        _config.use_num_threads()
         KO.adam_step(net.flat_params, net.flat_grads, m, v, self.current_lr(), self.betas[0],
                      self.betas[1], self.eps, self.weight_decay, self.t)
 

@@ -54,7 +54,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import io as _io
 from .losses import KL, L2, BinaryKL
 from .network import Sequential
-from .nodes import Linear, ReLU, Sigmoid
+from .nodes import Linear, ReLU, Sigmoid, _Scalar
 from .nodes import activation as _activation_node
 from .optim import SGD, Adam
 from .training import TrainingError
@@ -71,9 +71,18 @@ try:
 except ImportError:  # pragma: no cover
     Interval = Options = StrOptions = None
 
+try:  # a ValueError and a TypeError, what scikit-learn raises for a parameter out of its options
+    from sklearn.utils._param_validation import InvalidParameterError
+except ImportError:  # pragma: no cover - older scikit-learn
+    InvalidParameterError = ValueError
+
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _SKLEARN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+# Hidden activations: scikit-learn's and fastbp's other elementwise ones ('sigmoid', 'linear' and
+# 'none' are accepted as aliases). Softmax maps a whole row: an output activation, which
+# scikit-learn refuses for hidden layers, and so do the estimators.
+_HIDDEN_ACTIVATIONS = _SKLEARN_ACTIVATIONS + ("leaky_relu", "rrelu", "softplus", "elu", "gelu")
 _OUTPUT_NODES = {"softmax": Softmax, "logistic": Sigmoid}
 
 
@@ -237,9 +246,15 @@ class _BaseMLP(BaseEstimator):
         if hasattr(self, "_validate_params") and Interval is not None:
             self._validate_params()
         try:
-            _hidden_node(self.activation)
-        except ValueError as e:
-            raise ValueError(f"activation: {e}") from None
+            node = _hidden_node(self.activation)
+        except ValueError:
+            node = None
+        if not isinstance(node, _Scalar):
+            why = "unknown activation" if node is None else "not elementwise: an output activation"
+            raise InvalidParameterError(
+                f"The 'activation' parameter of {type(self).__name__} must be a str among "
+                f"{{{', '.join(map(repr, sorted(_HIDDEN_ACTIVATIONS)))}}}. "
+                f"Got {self.activation!r} instead ({why}).")
         dt = np.dtype(self.dtype) if self.dtype is not None else None
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype!r}")
@@ -537,10 +552,12 @@ _COMMON_DOC = """
     learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
     momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
     n_iter_no_change, max_fun
-        As in scikit-learn, with one extension: ``activation`` is any fastbp activation name
-        (scikit-learn's 'identity', 'logistic', 'tanh', 'relu', and 'leaky_relu', 'elu',
-        'gelu', 'softplus', 'rrelu', 'sigmoid', ...). ``solver='lbfgs'`` minimises the full-batch
-        loss with scipy's L-BFGS-B (``max_iter``, ``max_fun``, ``tol`` as in scikit-learn).
+        As in scikit-learn, with one extension: ``activation`` is any elementwise fastbp
+        activation name (scikit-learn's 'identity', 'logistic', 'tanh', 'relu', and
+        'leaky_relu', 'elu', 'gelu', 'softplus', 'rrelu', 'sigmoid'); 'softmax' is refused
+        as scikit-learn refuses it (``InvalidParameterError``, a ``ValueError``).
+        ``solver='lbfgs'`` minimises the full-batch loss with scipy's L-BFGS-B (``max_iter``,
+        ``max_fun``, ``tol`` as in scikit-learn).
     dtype : float32 or float64, default float64
         fastbp extra: the dtype of the network's parameters and computations.
     n_threads : int or None, default None

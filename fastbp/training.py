@@ -5,12 +5,14 @@ import json
 import math
 import sys
 import time
+import warnings
 
 import numpy as np
 
 from . import _checks, io
 from .kernels import divergences as KDiv
-from .losses import KL, BinaryKL
+from .losses import KL, BinaryKL, Divergence
+from .optim import Optimizer
 
 
 class TrainingError(FloatingPointError):
@@ -43,6 +45,49 @@ class History:
         val = f", val_loss={self.val_loss[-1]:.6g}" if self.val_loss else ""
         return f"History(epochs={self.epochs}{last}{val}, stop_reason={self.stop_reason!r})"
 
+    def plot(self, ax=None):
+        """Draw ``loss`` and ``val_loss`` against the epoch, and ``accuracy`` and
+        ``val_accuracy`` where recorded on a second y axis (at the right, 0 to 1).
+
+        Needs matplotlib (``pip install "fastbp[plot]"``). ``ax``: the matplotlib Axes to draw
+        on (default: a new figure). Returns the Axes of the losses; ``ax.figure.axes[1]`` holds
+        the accuracies, ``ax.figure.savefig(path)`` writes the figure to a file.
+
+        Examples
+        --------
+        >>> import fastbp as fb
+        >>> X, d = fb.datasets.xor(200, seed=0)
+        >>> net = fb.Sequential(fb.Linear(2, 8), fb.Tanh(), fb.Linear(8, 1), fb.Sigmoid(), seed=0)
+        >>> h = fb.fit(net, X, d, fb.BinaryKL(), fb.Adam(lr=0.05), batch_size=32, epochs=20,
+        ...            validation=(X, d), progress=False)
+        >>> ax = h.plot()
+        >>> [line.get_label() for axes in ax.figure.axes for line in axes.lines]
+        ['loss', 'val_loss', 'accuracy', 'val_accuracy']
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError('History.plot needs matplotlib: pip install "fastbp[plot]"') \
+                from None
+        if not self.loss and not self.val_loss:
+            raise ValueError("History.plot: the history holds no epochs")
+        if ax is None:
+            ax = plt.subplots(figsize=(6.4, 4))[1]
+        acc = ax.twinx() if self.accuracy or self.val_accuracy else None
+        lines = []
+        for k, (axes, name, style) in enumerate(((ax, "loss", "-"), (ax, "val_loss", "--"),
+                                                 (acc, "accuracy", "-"),
+                                                 (acc, "val_accuracy", "--"))):
+            values = getattr(self, name)
+            if values:  # a colour per series: the twin axis would restart the colour cycle
+                lines += axes.plot(range(1, len(values) + 1), values, style, color=f"C{k}",
+                                   label=name)
+        ax.set(xlabel="epoch", ylabel="loss (mean divergence)")
+        if acc is not None:
+            acc.set(ylabel="accuracy", ylim=(0, 1.02))
+        ax.legend(handles=lines)
+        return ax
+
 
 def _classifies(loss, net):
     return isinstance(loss, KL) or (isinstance(loss, BinaryKL) and net.n_out == 1)
@@ -67,10 +112,17 @@ def train_step(net, X, target, loss, optimizer):
     """One forward, backward and update on a prepared batch; refuses a non-finite step."""
     value, _ = net._loss_and_grad(X, target, loss, need_dx=False)
     if not math.isfinite(value) or not np.isfinite(net.flat_grads).all():
-        raise TrainingError("the loss or a gradient is not finite; parameters are those of "
-                            "the last good step")
+        raise TrainingError(_not_finite(net, loss))
     optimizer.step(net)
     return value
+
+
+def _not_finite(net, loss):
+    """The TrainingError message, naming the likely cause where the divergence does not fit
+    the network's last node (KL without Softmax)."""
+    hint = loss.output_hint(net)
+    return "the loss or a gradient is not finite; parameters are those of the last good " \
+        "step" + (f" (likely cause: {hint})" if hint else "")
 
 
 def _progress_bar(show, epochs, initial):
@@ -139,9 +191,12 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     >>> net = fb.Sequential(fb.Linear(2, 8), fb.Tanh(), fb.Linear(8, 1), fb.Sigmoid(), seed=0)
     >>> h = fb.fit(net, X, d, fb.BinaryKL(), fb.Adam(lr=0.05), batch_size=32, epochs=100,
     ...            progress=False)
-    >>> h.accuracy[-1] > 0.95
+    >>> bool(h.accuracy[-1] > 0.95)
     True
     """
+    _checks.instance_of(loss, Divergence, "loss")
+    _checks.instance_of(optimizer, Optimizer, "optimizer")
+    _checks.writable(net.flat_params, "net.flat_params")
     X = net._input(X)
     target = loss.target(d, X.shape[0], net.n_out, net.dtype)
     T = X.shape[0]
@@ -156,6 +211,9 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
         raise ValueError("early stopping (patience) needs validation data")
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0 or None, got {tol}")
+    hint = loss.output_hint(net)
+    if hint:
+        warnings.warn(hint, stacklevel=2)
 
     use_engine = _engine_for(net, loss, target, optimizer, engine)
     rng = np.random.default_rng(seed)
@@ -238,9 +296,8 @@ def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, to
         for k, (total, _, bad, right) in enumerate(outs):
             if bad >= 0:
                 history.stop_reason = "non-finite"
-                raise TrainingError(f"epoch {epoch + k}, step {int(bad)}: the loss or a "
-                                    f"gradient is not finite; parameters are those of the last "
-                                    f"good step")
+                raise TrainingError(f"epoch {epoch + k}, step {int(bad)}: "
+                                    f"{_not_finite(net, loss)}")
             history.loss.append(total / T)
             history.lr.append(lrs[k])
             history.epoch_time.append(seconds)
@@ -260,10 +317,7 @@ def _engine_for(net, loss, target, optimizer, engine):
     from . import engine as E
 
     try:
-        if E.compile_tape(net, True) is None:
-            raise E.Unsupported("the network holds a node the engine cannot run")
-        E.loss_kind(net, loss, target)
-        E.optimizer_args(optimizer, net)
+        E.check_supported(net, loss, target, optimizer)
     except E.Unsupported:
         if engine is True:
             raise
@@ -284,8 +338,7 @@ def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, us
                                            count)
         if bad >= 0:
             history.stop_reason = "non-finite"
-            raise TrainingError(f"epoch {epoch}, step {bad}: the loss or a gradient is not "
-                                f"finite; parameters are those of the last good step")
+            raise TrainingError(f"epoch {epoch}, step {bad}: {_not_finite(net, loss)}")
         return total, right
     total, right = 0.0, 0
     for step, lo in enumerate(range(0, T, batch)):
@@ -333,26 +386,117 @@ def _write_checkpoint(path, net, optimizer, rng, history, epoch, best):
     io.save(net, path, **arrays)
 
 
+STATE_MAX_BYTES = 1 << 28  # a checkpoint's training state, history included (64 Mi characters)
+
+
 def _resume(path, net, optimizer, rng):
-    arrays = io.read_npz(path)
-    saved, arch = io._from_arrays(arrays, path)
-    if arch["root"] != io.architecture(net)["root"] or saved.dtype != net.dtype:
-        raise io.CheckpointError(f"{path}: the checkpoint's architecture does not match the "
-                                 f"network being trained")
-    if "state" not in arrays:
-        raise io.CheckpointError(f"{path}: a saved network, not a training checkpoint")
-    state = json.loads(str(arrays["state"]))
-    if state["optimizer"] != type(optimizer).__name__:
-        raise io.CheckpointError(f"{path}: written with {state['optimizer']}, resumed with "
-                                 f"{type(optimizer).__name__}")
-    net.flat_params[...] = saved.flat_params
-    sd = {k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}
-    sd.update(t=state["opt_t"], epoch=state["opt_epoch"])
+    """Continue from the checkpoint at ``path``: every part of it is read and checked first
+    (architecture, arrays, optimizer state, history, random states, counters), then the
+    parameters, optimizer and random states are set; a bad file raises CheckpointError and
+    changes nothing. Returns (epoch, history, best)."""
+    n, dtype = net.flat_params.size, net.dtype
+    with io.Archive(path) as z:
+        arch = z.json("architecture", io.ARCH_MAX_BYTES)
+        mine = json.loads(json.dumps(io.architecture(net)))
+        if not isinstance(arch, dict) or arch.get("root") != mine["root"] or \
+                arch.get("dtype") != mine["dtype"] or arch.get("format") != io.FORMAT or \
+                arch.get("version") != io.VERSION:
+            raise io.CheckpointError(f"{path}: the checkpoint's architecture does not match "
+                                     f"the network being trained")
+        if "state" not in z:
+            raise io.CheckpointError(f"{path}: a saved network, not a training checkpoint")
+        state = z.json("state", STATE_MAX_BYTES, allow_constants=True)
+        if not isinstance(state, dict):
+            raise io.CheckpointError(f"{path}: the training state is not a JSON object")
+        if state.get("optimizer") != type(optimizer).__name__:
+            raise io.CheckpointError(f"{path}: written with {state.get('optimizer')!r}, "
+                                     f"resumed with {type(optimizer).__name__}")
+        params = z.finite_array("params", (n,), dtype)
+        names = _optimizer_buffers(optimizer, dtype)
+        saved = {m[4:] for m in z.names() if m.startswith("opt_")}
+        if names is not None and saved != names:
+            raise io.CheckpointError(f"{path}: optimizer state {sorted(saved)}, but "
+                                     f"{type(optimizer).__name__} keeps {sorted(names)}")
+        sd = {k: z.finite_array("opt_" + k, (n,), dtype) for k in sorted(saved)}
+        best_params = z.finite_array("best_params", (n,), dtype) \
+            if "best_params" in z else None
+    epoch = _counter(state, "epoch", 1, path)
+    sd.update(t=_counter(state, "opt_t", 0, path), epoch=_counter(state, "opt_epoch", 0, path))
+    history = _history_from(state.get("history"), epoch, path)
+    best_loss = state.get("best_loss")
+    if (best_loss is None) != (best_params is None) or best_loss is not None and \
+            (type(best_loss) not in (int, float) or not math.isfinite(best_loss)):
+        raise io.CheckpointError(f"{path}: best_loss {best_loss!r} and best_params "
+                                 f"({'absent' if best_params is None else 'present'}) do not "
+                                 f"go together")
+    for key, gen in (("rng", rng), ("net_rng", net.rng)):
+        _check_rng_state(state.get(key), gen, f"{path}: {key}")
+    # Everything is checked: from here on nothing can fail half way.
+    net.flat_params[...] = params
     optimizer.load_state_dict(sd, net)
     rng.bit_generator.state = state["rng"]
     net.rng.bit_generator.state = state["net_rng"]
+    return epoch, history, (math.inf if best_loss is None else float(best_loss), best_params)
+
+
+def _optimizer_buffers(optimizer, dtype):
+    """Names of the state arrays ``optimizer.step`` keeps, found by one step of a copy on one
+    scratch parameter (None when that copy cannot step: a user's optimizer)."""
+    import copy
+    from types import SimpleNamespace
+
+    probe = copy.copy(optimizer)
+    probe.state = {}
+    scratch = SimpleNamespace(flat_params=np.zeros(1, dtype), flat_grads=np.zeros(1, dtype))
+    try:
+        probe.step(scratch)
+    except Exception:
+        return None
+    return {k for k, v in probe.state.items() if isinstance(v, np.ndarray)}
+
+
+def _counter(state, key, low, path):
+    v = state.get(key)
+    if type(v) is not int or not low <= v < 1 << 53:
+        raise io.CheckpointError(f"{path}: {key} must be an integer >= {low}, got {v!r}")
+    return v
+
+
+def _history_from(saved, epoch, path):
+    """A History from its saved dict: only History's own fields; per-epoch lists of real
+    numbers, no longer than ``epoch`` (``loss`` exactly that long); scalars None, str or int."""
     history = History()
-    for k, v in state["history"].items():
+    if not isinstance(saved, dict):
+        raise io.CheckpointError(f"{path}: the history is not a JSON object")
+    fields = vars(history)
+    for k, v in saved.items():
+        if k not in fields:
+            raise io.CheckpointError(f"{path}: unknown history field {k!r}")
+        if isinstance(fields[k], list):
+            if not isinstance(v, list) or len(v) > epoch or \
+                    any(type(x) not in (int, float) for x in v):
+                raise io.CheckpointError(f"{path}: history.{k} must be a list of at most "
+                                         f"{epoch} numbers")
+            v = [float(x) for x in v]
+        elif v is not None and type(v) not in (str, int) or type(v) is str and len(v) > 1000:
+            raise io.CheckpointError(f"{path}: history.{k} = {v!r:.80} is not a short string "
+                                     f"or an integer")
         setattr(history, k, v)
-    best_loss = state["best_loss"] if state["best_loss"] is not None else math.inf
-    return state["epoch"], history, (best_loss, arrays.get("best_params"))
+    if len(history.loss) != epoch:
+        raise io.CheckpointError(f"{path}: the history holds {len(history.loss)} losses for "
+                                 f"{epoch} epochs")
+    if history.best_epoch is not None and not (type(history.best_epoch) is int and
+                                               0 <= history.best_epoch < epoch):
+        raise io.CheckpointError(f"{path}: best_epoch {history.best_epoch!r} is not one of "
+                                 f"the {epoch} epochs")
+    return history
+
+
+def _check_rng_state(saved, gen, what):
+    """Refuse a random state that ``gen``'s kind of bit generator would not take."""
+    probe = type(gen.bit_generator)()
+    try:
+        probe.state = saved
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise io.CheckpointError(f"{what}: not a {type(probe).__name__} state "
+                                 f"({type(e).__name__}: {e})") from e

@@ -115,6 +115,71 @@ def test_state_dict_round_trip_and_refusal():
     np.testing.assert_array_equal(other.flat_params, before)
 
 
+class _Scale(fb.Node):
+    """A user's node with a parameter of its own: y = s * x."""
+
+    keeps_width = True
+
+    def param_specs(self):
+        return [("s", (2,))]
+
+    def reset_parameters(self, rng):
+        self.s[...] = rng.normal(size=2)
+
+    def _apply(self, x, train):
+        return x * self.s, x
+
+    def _backprop(self, x, dy, need_dx=True):
+        self.ds[...] = (dy * x).sum(axis=0)
+        return dy * self.s
+
+
+def _gated(seed):
+    glu = fb.Product(fb.Sequential(fb.Linear(4, 3)),
+                     fb.Sequential(fb.Sequential(fb.Linear(4, 3, bias=False)), fb.Sigmoid()))
+    return fb.Sequential(glu, fb.Linear(3, 2), _Scale(), fb.Softmax(), seed=seed)
+
+
+def test_state_dict_holds_every_parameter():
+    net = _gated(0)
+    sd = state_dict(net)
+    assert list(sd) == ["0.a.0.weight", "0.a.0.bias", "0.b.0.weight", "1.weight", "1.bias",
+                        "2.s"]
+    assert sum(v.size for v in sd.values()) == net.flat_params.size
+    np.testing.assert_array_equal(np.concatenate([v.ravel() for v in sd.values()]),
+                                  net.flat_params)
+    other = _gated(1)
+    load_state_dict(other, sd)
+    np.testing.assert_array_equal(other.flat_params, net.flat_params)
+    before = other.flat_params.copy()
+    with pytest.raises(ValueError, match="missing.*0.b.0.weight"):
+        load_state_dict(other, {k: v for k, v in sd.items() if k != "0.b.0.weight"})
+    np.testing.assert_array_equal(other.flat_params, before)
+
+
+def test_to_torch_refuses_a_product_and_points_to_state_dict():
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"Product has no PyTorch module.*state_dict\(net\)"):
+        to_torch(_gated(0))
+
+
+def test_from_torch_refuses_parameters_it_would_drop():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Scaled(nn.Sequential):
+        def __init__(self):
+            super().__init__(nn.Linear(3, 2))
+            self.scale = nn.Parameter(torch.ones(2))
+            self.register_buffer("count", torch.zeros(1))
+
+        def forward(self, x):
+            return super().forward(x) * self.scale
+
+    with pytest.raises(ValueError, match=r"leave out \['scale', 'count'\]"):
+        from_torch(Scaled())
+
+
 def test_missing_torch_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     net = fb.Sequential(fb.Linear(2, 2), seed=0)
