@@ -4,6 +4,9 @@ Plain helpers live here too (imported by ``tests/test_threads.py``'s subprocess 
 puts this directory on ``sys.path``); the references and tolerances are in ``reference.py``.
 """
 
+import contextlib
+import signal
+
 import numpy as np
 import pytest
 
@@ -96,3 +99,18 @@ def rrelu_slopes(net, ctxs=None):
         elif name == "Sequential":
             out.update(rrelu_slopes(node, ctx))
     return out
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Fail (rather than hang) when the body runs longer than ``seconds``."""
+    def alarm(signum, frame):
+        raise TimeoutError(f"no answer within {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import sys
 import time
 import tracemalloc
@@ -17,24 +16,10 @@ import numpy as np
 import pytest
 
 import fastbp as fb
+from conftest import time_limit
 
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file semantics")
 MAX_PEAK = 4 << 20  # bytes traced while loading a small network: far below any junk member
-
-
-@contextlib.contextmanager
-def time_limit(seconds):
-    """Fail (rather than hang) when the body runs longer than ``seconds``."""
-    def alarm(signum, frame):
-        raise TimeoutError(f"no answer within {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _small():

@@ -17,7 +17,6 @@ import json
 import math
 import pathlib
 import pickle
-import signal
 import sys
 import tempfile
 import tracemalloc
@@ -30,6 +29,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fastbp as fb
+from conftest import time_limit
 from fastbp.cli import main as cli_main
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
@@ -38,21 +38,6 @@ PROPS = settings(max_examples=25, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 WORK = pathlib.Path(tempfile.mkdtemp(prefix="fastbp-fuzz-"))
-
-
-@contextlib.contextmanager
-def time_limit(seconds):
-    """Fail (rather than hang) when the body runs longer than ``seconds``."""
-    def alarm(signum, frame):
-        raise TimeoutError(f"no answer within {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 class _Payload:

@@ -59,6 +59,7 @@ import numba
 import fastbp as fb
 from fastbp.kernels import dense as KD
 from fastbp import engine as E
+from fastbp.kernels import engine as KE
 
 T, D, H, K, BATCH = 800, 300, 200, 10, 400
 
@@ -69,7 +70,7 @@ def check_sizes_take_the_parallel_kernels():
     for rows in (BATCH, T):
         assert KD.dense_mode(rows, H, D) == KD.BLAS_MODE, "first layer is not parallel"
         assert KD.dense_mode(rows, H, H) == KD.BLAS_MODE, "branch layers are not parallel"
-        assert rows * H >= E.PAR_MIN_WORK, "elementwise ops are not parallel"
+        assert rows * H >= KE.PAR_MIN_WORK, "elementwise ops are not parallel"
 
 
 def data(seed=0):
