@@ -5,7 +5,10 @@ and load its compiled kernels from the cache that the parent's thread count also
 search runs in a fresh process of its own (as a user's script does), the two alternating
 ``--repeats`` times after one warm-up of each; prints median wall seconds and the ratio.
 
-    python bench/bench_search.py [--repeats 3]
+    python bench/bench_search.py [--repeats 3] [--estimator fastbp|sklearn]
+
+``--estimator sklearn`` runs the same search over scikit-learn's own MLPClassifier, to show
+what joblib's worker start-up costs any estimator.
 """
 
 import argparse
@@ -19,7 +22,10 @@ import sys, warnings
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
-from fastbp.sklearn import MLPClassifier
+if sys.argv[2] == "fastbp":
+    from fastbp.sklearn import MLPClassifier
+else:
+    from sklearn.neural_network import MLPClassifier
 warnings.simplefilter("ignore", ConvergenceWarning)
 X, y = load_digits(return_X_y=True)
 grid = {"hidden_layer_sizes": [(32,), (64,)], "alpha": [1e-4, 1e-3]}
@@ -29,25 +35,26 @@ print(search.best_params_, round(search.best_score_, 4))
 '''
 
 
-def run(n_jobs):
+def run(n_jobs, estimator):
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", SEARCH, str(n_jobs)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", SEARCH, str(n_jobs), estimator],
+                         capture_output=True, text=True, check=True)
     return time.perf_counter() - t, out.stdout.strip()
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--estimator", default="fastbp", choices=["fastbp", "sklearn"])
     args = ap.parse_args(argv)
-    run(1), run(2)  # warm the kernel cache for both
+    run(1, args.estimator), run(2, args.estimator)  # warm the kernel cache for both
     times = {1: [], 2: []}
     for _ in range(args.repeats):
         for n in (1, 2):
-            sec, result = run(n)
+            sec, result = run(n, args.estimator)
             times[n].append(sec)
     one, two = statistics.median(times[1]), statistics.median(times[2])
-    print(f"n_jobs=1: {one:.2f} s  n_jobs=2: {two:.2f} s  ratio n_jobs=2 / n_jobs=1: "
+    print(f"{args.estimator}: n_jobs=1: {one:.2f} s  n_jobs=2: {two:.2f} s  ratio n_jobs=2 / n_jobs=1: "
           f"{two / one:.2f}  (best: {result})")
 
 
