@@ -56,8 +56,8 @@ def main(argv=None):
             sec, result = run(n, args.estimator, args.max_iter)
             times[n].append(sec)
     one, two = statistics.median(times[1]), statistics.median(times[2])
-    print(f"{args.estimator}: n_jobs=1: {one:.2f} s  n_jobs=2: {two:.2f} s  ratio n_jobs=2 / n_jobs=1: "
-          f"{two / one:.2f}  (best: {result})")
+    print(f"{args.estimator}: n_jobs=1: {one:.2f} s  n_jobs=2: {two:.2f} s  "
+          f"ratio n_jobs=2 / n_jobs=1: {two / one:.2f}  (best: {result})")
 
 
 if __name__ == "__main__":
