@@ -5,7 +5,6 @@ import threading
 
 import numpy as np
 
-from . import _config
 from .kernels import engine as KE
 from .losses import KL, L2, BinaryKL
 from .network import Sequential
@@ -221,7 +220,6 @@ def check_supported(net, loss, target, opt):
 
 def _epoch_args(net, target, loss, opt, batch):
     """The arguments of the engine's epoch kernels that do not change between epochs."""
-    _config.use_num_threads()
     tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
     ws = tape.workspace(batch)
     labels = target if target.ndim == 1 else np.zeros(0, np.int64)
