@@ -12,6 +12,8 @@ Every ``@njit`` in :mod:`fastbp.kernels` takes its options from here (a test che
   numba's ``inline='always'`` would recompile it with the caller's).
 - ``PARALLEL``: the same with ``parallel=True``; kernels use ``prange`` over the index that owns
   each write, so results do not depend on the number of threads.
+- ``OP``: the engine's op kernels, C functions compiled by ``op_kernel`` (``SERIAL``'s options
+  that a C function takes).
 - ``ARITH``: for pure arithmetic leaves (dot products, axpy): FMA contraction only. No
   reassociation: with it LLVM may sum the same dot product in a different order in each
   context it compiles it in (measured: a kernel and its serial twin disagreed in the last
@@ -204,6 +206,36 @@ def njit(**flags):
     return decorate
 
 
+OP_SIGNATURE = "void(int64, int64, int64)"
+OP = dict(cache=True, error_model="numpy", fastmath=False)
+
+
+def op_kernel(fn, **consts):
+    """A copy of ``fn(ctx, op, rows)`` in which the global names ``consts`` have the values
+    given (numba compiles globals as constants: a dtype, a leaf kernel, a flag), compiled now
+    (or loaded from the cache) as a C function with ``OP``'s flags, for the engine to call by
+    its address (see :mod:`fastbp.kernels.engine`). The copy is named after the values, so
+    numba's cache keeps each copy apart."""
+    name = "__".join([fn.__name__] + [getattr(v, "__name__", str(v)) for v in consts.values()])
+    copy = types.FunctionType(fn.__code__, dict(fn.__globals__, **consts), name)
+    copy.__qualname__, copy.__module__ = name, fn.__module__
+    flags = OP if CACHE_DIR is not None else dict(OP, cache=False)
+    with _kernel_cache():
+        return numba.cfunc(OP_SIGNATURE, **flags)(copy)
+
+
+def specialise(kernel, name, **consts):
+    """``kernel`` (a dispatcher) compiled once more as ``name``, with the global names
+    ``consts`` bound to the values given (numba compiles globals as constants: an activation
+    function, say). Nothing is compiled until the first call."""
+    fn = kernel.py_func
+    copy = types.FunctionType(fn.__code__, dict(fn.__globals__, **consts), name,
+                              fn.__defaults__, fn.__closure__)
+    copy.__qualname__, copy.__module__ = name, fn.__module__
+    flags = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}
+    return njit(**flags)(copy)
+
+
 def serial_twin(kernel):
     """``kernel`` (a parallel kernel) compiled once more without ``parallel``: its ``prange``
     runs as ``range`` on the calling thread. The source is the same, so every output element is
@@ -215,7 +247,16 @@ def serial_twin(kernel):
     twin.__qualname__ = fn.__qualname__ + "_serial"
     twin.__module__ = fn.__module__
     flags = {k: v for k, v in kernel.targetoptions.items() if k not in ("parallel", "nopython")}
-    return njit(cache=SERIAL["cache"], **flags)(twin)
+    _twins[kernel] = njit(cache=SERIAL["cache"], **flags)(twin)
+    return _twins[kernel]
+
+
+_twins = {}
+
+
+def serial_twin_of(kernel):
+    """The serial twin made for ``kernel`` by ``serial_twin``."""
+    return _twins[kernel]
 
 
 def set_num_threads(n):

@@ -5,7 +5,14 @@ import threading
 
 import numpy as np
 
+from ._config import serial_twin_of
+from .kernels import activations as KA
+from .kernels import dense as KD
+from .kernels import divergences as KDiv
 from .kernels import engine as KE
+from .kernels import optim as KO
+from .kernels import products as KP
+from .kernels import vector as KV
 from .losses import KL, L2, BinaryKL
 from .network import Sequential
 from .nodes import Linear, RReLU, Sigmoid, _Scalar
@@ -18,12 +25,65 @@ class Unsupported(Exception):
     """The network holds a node the engine cannot run (then the per-node path runs it)."""
 
 
-class Workspace:
-    """One calling thread's buffers for up to ``capacity`` rows: activations, gradients, argmax
-    indices, scratch, the register table, and the tape's ops (MAX ops hold offsets into
-    ``iact``, which depend on the capacity)."""
+class Op:
+    """One op of the tape: the fields of its row (``fields``; those named in ``regs`` are
+    registers, placed per workspace), its float parameter, its elements per row (``work``),
+    and its kernels: ``forward`` and ``backward`` are (op function of
+    :mod:`fastbp.kernels.engine`, leaf kernel) or None; the leaf's serial twin runs ops too
+    small for the threads. A linear op picks its kernels by ``dense.dense_mode``."""
 
-    __slots__ = ("capacity", "ops", "regs", "act", "grad", "iact", "wt")
+    __slots__ = ("forward", "backward", "fields", "regs", "p", "work", "linear")
+
+    def __init__(self, forward, backward, fields, regs, work, p=0.0, linear=False):
+        self.forward, self.backward, self.fields, self.regs = forward, backward, fields, regs
+        self.work, self.p, self.linear = work, p, linear
+
+    def _leaf(self, leaf, rows):
+        return leaf if rows * self.work >= KE.PAR_MIN_WORK else serial_twin_of(leaf)
+
+    def forward_kernel(self, dt, rows):
+        """The compiled forward op for a batch of ``rows`` rows (None: nothing to do). The
+        choice depends on the sizes alone, as the per-node path's does, so both always run
+        the same leaf kernel."""
+        if self.linear:
+            mode = KD.dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            if mode == KD.LOOP_MODE:
+                return KE.kernel(KE.linear_forward_loops, dt, KERNEL=KD.dense_forward)
+            return KE.kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward_blas if
+                             mode == KD.BLAS_MODE else KD.dense_forward_blas_serial)
+        if self.forward is None:
+            return None
+        fn, leaf = self.forward
+        return KE.kernel(fn, dt, KERNEL=self._leaf(leaf, rows))
+
+    def backward_kernel(self, dt, rows):
+        """The compiled backward op (None: nothing to do, no gradient wanted)."""
+        need_dy = bool(self.fields[KE.GIN] >= 0)
+        if self.linear:
+            mode = KD.dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            if mode == KD.LOOP_MODE:
+                return KE.kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
+                                 KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
+            par = mode == KD.BLAS_MODE
+            return KE.kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params_blas if par
+                             else KD.dense_backward_params_blas_serial,
+                             KERNEL2=KD.dense_backward_input_blas if par
+                             else KD.dense_backward_input_blas_serial, NEED_DY=need_dy, BLAS=True)
+        if self.backward is None or not need_dy:
+            return None
+        fn, leaf = self.backward
+        return KE.kernel(fn, dt) if leaf is None else KE.kernel(fn, dt,
+                                                                 KERNEL=self._leaf(leaf, rows))
+
+
+class Workspace:
+    """One calling thread's buffers for up to ``capacity`` rows (activations, gradients, argmax
+    indices, scratch, a batch's labels, targets and divergences), the op rows with their
+    registers placed, the ``ctx`` fields that point at all of them, and the programs built so
+    far (by phase and rows)."""
+
+    __slots__ = ("capacity", "ops", "act", "grad", "iact", "wt", "blabels", "bd", "div", "ok",
+                 "ctx", "fscal", "programs", "loss_op", "out")
 
 
 class Tape:
@@ -33,7 +93,7 @@ class Tape:
 
     def __init__(self, net, train):
         self.net, self.train = net, train
-        self.ops, self.fp, self.widths = [], [], []
+        self.ops, self.widths = [], []
         self.consts, self.iconsts, self.iwidths = [], [], []
         x = self._register(net.n_in)
         self.y = self._emit_seq(net, x, -1)
@@ -47,10 +107,19 @@ class Tape:
         self.widths.append(int(width))
         return len(self.widths) - 1
 
-    def _op(self, code, i, o, gi, go, n_in=0, n_out=0, w=-1, b=-1, a1=0, a2=0, a3=0, p=0.0):
-        work = n_in * n_out if code == KE.LINEAR else self.widths[o]
-        self.ops.append([code, i, o, gi, go, n_in, n_out, w, b, a1, a2, a3, work])
-        self.fp.append(p)
+    def _op(self, forward, backward, i, o, gi, go, n_in, n_out, aux=None, aux_regs=(), p=0.0,
+            linear=False):
+        fields = np.zeros(KE.N_OP, np.int64)
+        fields[[KE.IN, KE.OUT, KE.GIN, KE.GOUT, KE.N_IN, KE.N_OUT, KE.W, KE.B]] = \
+            [i, o, gi, go, n_in, n_out, -1, -1]
+        aux = aux or {}
+        for name, value in aux.items():
+            fields[name] = value
+        fields[KE.K] = len(self.ops)
+        op = Op(forward, backward, fields, (KE.IN, KE.OUT, KE.GIN, KE.GOUT) + aux_regs, n_out, p,
+                linear)
+        self.ops.append(op)
+        return op
 
     def _emit_seq(self, seq, x, gx):
         """Ops for the nodes of ``seq`` reading register x; gx is x's gradient register (-1:
@@ -67,31 +136,44 @@ class Tape:
         if isinstance(node, Product):
             ga = self._register(n_in) if gx >= 0 else -1
             gb = self._register(n_in) if gx >= 0 else -1
-            self._op(KE.FORK, x, x, gx, -1, a1=ga, a2=gb)
+            self._op(None, (KE.fork_backward, None), x, x, gx, -1, n_in, n_in,
+                     {KE.A1: ga, KE.A2: gb}, (KE.A1, KE.A2))
             ya = self._emit_seq(node.a, x, ga)
             yb = self._emit_seq(node.b, x, gb)
-            y = self._register(self.widths[ya])
-            self._op(KE.MUL, ya, y, ya, y, a1=yb, a2=yb)
+            w = self.widths[ya]
+            y = self._register(w)
+            self._op((KE.mul_forward, KP.elementwise_product_forward),
+                     (KE.mul_backward, KP.elementwise_product_backward), ya, y, ya, y, w, w,
+                     {KE.A1: yb, KE.A2: yb}, (KE.A1, KE.A2))
             return y, y
         n_out = node.infer(n_in)
         y = self._register(n_out)
+        ops = (x, y, gx, y, n_in, n_out)
         if isinstance(node, Linear):
-            w, b = (self._offset(node, "W"), self._offset(node, "b") if node.bias else -1)
-            self._op(KE.LINEAR, x, y, gx, y, n_in, n_out, w, b)
+            op = self._op(None, None, *ops, linear=True)
+            op.fields[KE.W] = self._offset(node, "W")
+            op.fields[KE.B] = self._offset(node, "b") if node.bias else -1
         elif isinstance(node, RReLU) and self.train:
             raise Unsupported("RReLU in training draws slopes from NumPy's generator")
         elif isinstance(node, _Scalar):
-            self._op(KE.SCALAR, x, y, gx, y, n_in, n_out, a1=node.kind, p=node._p())
+            self._op((KE.elementwise_forward, KA.FORWARD[node.kind]),
+                     (KE.elementwise_backward, KA.BACKWARD[node.kind]), *ops, p=node._p())
         elif type(node) is Softmax:
-            self._op(KE.SOFTMAX, x, y, gx, y, n_in, n_out)
+            self._op((KE.rows_forward, KV.softmax_forward),
+                     (KE.softmax_backward, KV.softmax_vjp), *ops)
         elif type(node) is PairProduct:
-            self._op(KE.PAIR, x, y, gx, y, n_in, n_out)
+            self._op((KE.rows_forward, KP.pair_product_forward),
+                     (KE.pair_backward, KP.pair_product_backward), *ops)
         elif type(node) is PowerProduct:
-            self._op(KE.POWER, x, y, gx, y, n_in, n_out, a1=self._const(node.alpha))
+            self._op((KE.power_forward, KP.power_product_forward),
+                     (KE.power_backward, KP.power_product_backward), *ops,
+                     {KE.A1: self._const(node.alpha)})
         elif isinstance(node, MaxOver):
-            a1, a2 = self._iconst(node.indptr), self._iconst(node.indices)
+            aux = {KE.A1: self._iconst(node.indptr), KE.A2: self._iconst(node.indices),
+                   KE.A3: len(self.iwidths)}
             self.iwidths.append(n_out)
-            self._op(KE.MAX, x, y, gx, y, n_in, n_out, a1=a1, a2=a2, a3=len(self.iwidths) - 1)
+            self._op((KE.max_forward, KP.max_forward), (KE.max_backward, KP.max_backward), *ops,
+                     aux)
         else:
             raise Unsupported(f"{type(node).__name__} is not a built-in node")
         return y, y
@@ -117,14 +199,14 @@ class Tape:
 
     def finish(self):
         dt = self.net.dtype
-        self.ops = np.array(self.ops, np.int64).reshape(-1, 13)
-        self.fp = np.array(self.fp, np.float64)
-        self.consts = np.concatenate(self.consts).astype(dt) if self.consts else np.zeros(0, dt)
-        self.iconsts = np.concatenate(self.iconsts) if self.iconsts else np.zeros(0, np.int64)
+        self.fp = np.array([op.p for op in self.ops], np.float64)
+        self.consts = np.concatenate(self.consts).astype(dt) if self.consts else np.zeros(1, dt)
+        self.iconsts = np.concatenate(self.iconsts) if self.iconsts else np.zeros(1, np.int64)
         self.zeros = np.zeros(max(self.widths), dt)
         self.dbias = np.zeros(max(self.widths), dt)
         return self
 
+    # -- workspaces and programs ---------------------------------------------------------------
     def workspace(self, rows):
         """The calling thread's workspaces for at least ``rows`` rows (kept while large
         enough)."""
@@ -134,33 +216,107 @@ class Tape:
         return ws
 
     def _allocate(self, rows):
-        ws = Workspace()
-        # Scratch for W^T (loop kernels) and dz^T (BLAS kernels), shared by all LINEAR ops.
-        lin = self.ops[self.ops[:, 0] == KE.LINEAR]
-        ws.wt = np.zeros(max([1] + [int(r[5] * r[6]) for r in lin]
-                             + [int(r[6]) * rows for r in lin]), self.net.dtype)
+        dt, ws = self.net.dtype, Workspace()
+        # Scratch for W^T (loop kernels) and dz^T (BLAS kernels), shared by all linear ops.
+        lin = [op.fields for op in self.ops if op.linear]
+        ws.wt = np.zeros(max([1] + [int(f[KE.N_IN] * f[KE.N_OUT]) for f in lin]
+                             + [int(f[KE.N_OUT]) * rows for f in lin]), dt)
         widths = np.array(self.widths, np.int64)
-        ws.regs = np.stack([np.concatenate([[0], np.cumsum(widths[:-1])]) * rows, widths],
-                           axis=1).astype(np.int64)
-        ws.act = np.zeros(int(widths.sum()) * rows, self.net.dtype)
+        offsets = np.concatenate([[0], np.cumsum(widths[:-1])]) * rows
+        ws.act = np.zeros(int(widths.sum()) * rows, dt)
         ws.grad = np.zeros_like(ws.act)
         ws.iact = np.zeros(max(sum(self.iwidths), 1) * rows, np.int64)
-        # MAX ops address their argmax block by offset (op a3 indexes iwidths, in op order).
-        starts = np.concatenate([[0], np.cumsum(self.iwidths)[:-1]]).astype(np.int64) * rows
-        ws.ops = self.ops.copy()
-        maxes = np.flatnonzero(self.ops[:, 0] == KE.MAX)
-        ws.ops[maxes, 11] = starts[:len(maxes)]
+        istarts = np.concatenate([[0], np.cumsum(self.iwidths)[:-1]]).astype(np.int64) * rows
+        ws.ops = np.zeros((len(self.ops), KE.N_OP), np.int64)
+        for k, op in enumerate(self.ops):
+            ws.ops[k] = op.fields
+            for name in op.regs:
+                if op.fields[name] >= 0:
+                    ws.ops[k, name] = offsets[op.fields[name]]
+            if op.forward is not None and op.forward[0] is KE.max_forward:
+                ws.ops[k, KE.A3] = istarts[op.fields[KE.A3]]
+        ws.blabels = np.zeros(rows, np.int64)
+        ws.div = np.zeros(rows, np.float64)
+        ws.ok = np.zeros(-(-self.net.flat_params.size // KO.FINITE_BLOCK) + 1, np.bool_)
+        ws.fscal = np.zeros(KE.N_FSCAL, np.float64)
+        ws.ctx = np.zeros(KE.N_CTX, np.int64)
+        ws.bd = {}
+        for name, a in ((KE.ACT, ws.act), (KE.GRAD, ws.grad), (KE.IACT, ws.iact),
+                        (KE.CONSTS, self.consts), (KE.ICONSTS, self.iconsts),
+                        (KE.SCRATCH, ws.wt), (KE.ZEROS, self.zeros), (KE.DBIAS, self.dbias),
+                        (KE.FP, self.fp), (KE.BLABELS, ws.blabels), (KE.DIV, ws.div),
+                        (KE.FSCAL, ws.fscal), (KE.OK, ws.ok)):
+            ws.ctx[name] = a.ctypes.data
+        # The loss stage's row: the output y, and z, the last op's input (for the fused kinds).
+        z = self.ops[-1].fields[KE.IN]
+        ws.loss_op = np.zeros(KE.N_OP, np.int64)
+        ws.loss_op[[KE.IN, KE.OUT, KE.GIN, KE.GOUT, KE.N_IN, KE.N_OUT]] = \
+            [offsets[z], offsets[self.y], offsets[z], offsets[self.y], self.n_out, self.n_out]
+        ws.out = offsets[self.y]
+        ws.programs = {}
         ws.capacity = rows
         return ws
+
+    def _bind_params(self, ws):
+        """Point ctx at the network's parameters and gradients (arrays that may be replaced
+        between calls, e.g. by ``load_state_dict``'s callers)."""
+        p, g = self.net.flat_params, self.net.flat_grads
+        ws.ctx[KE.PARAMS], ws.ctx[KE.GRADS], ws.ctx[KE.N_PARAMS] = \
+            p.ctypes.data, g.ctypes.data, p.size
+
+    def _calls(self, ws, kernels):
+        ctx = ws.ctx.ctypes.data
+        return np.array([[k.address, ctx, op] for k, op in kernels], np.int64).reshape(-1, 3)
+
+    def forward_program(self, ws, rows):
+        """The calls of a forward pass of ``rows`` rows (kept per workspace)."""
+        key = ("forward", rows)
+        if key not in ws.programs:
+            dt = self.net.dtype.type
+            ws.programs[key] = self._calls(ws, self._forward_calls(ws, dt, rows))
+        return ws.programs[key]
+
+    def _forward_calls(self, ws, dt, rows):
+        calls = [(op.forward_kernel(dt, rows), ws.ops[k].ctypes.data)
+                 for k, op in enumerate(self.ops)]
+        return [c for c in calls if c[0] is not None]
+
+    def step_program(self, ws, rows, loss, last, update, labels, count):
+        """A training step's calls on ``rows`` rows and how many come before the update: load
+        the batch, forward, the loss, backward from op ``last`` down, the finite check; then
+        the count of rows right (if ``count``) and the update. ``loss`` is (leaf kernel,
+        fused), ``update`` (op function, leaf kernel)."""
+        key = ("step", rows, loss, last, update, labels, count)
+        if key in ws.programs:
+            return ws.programs[key]
+        dt, loss_op = self.net.dtype.type, ws.loss_op.ctypes.data
+        par = rows * self.n_out >= KE.PAR_MIN_WORK
+        calls = [(KE.kernel(KE.load_batch, dt, BY_LABEL=labels), 0)]
+        calls += self._forward_calls(ws, dt, rows)
+        calls.append((KE.kernel(KE.loss, dt, KERNEL=loss[0] if par else serial_twin_of(loss[0]),
+                                FUSED=loss[1], BY_LABEL=labels), loss_op))
+        for k in range(last, -1, -1):
+            kernel = self.ops[k].backward_kernel(dt, rows)
+            if kernel is not None:
+                calls.append((kernel, ws.ops[k].ctypes.data))
+        par = self.net.flat_params.size >= KE.PAR_MIN_WORK
+        calls.append((KE.kernel(KE.finite, dt, KERNEL=KO.all_finite if par
+                                else KO.all_finite_serial), 0))
+        n_pre = len(calls)
+        if count:
+            calls.append((KE.kernel(KE.correct, dt, BY_LABEL=labels), loss_op))
+        calls.append((KE.kernel(update[0], dt, KERNEL=update[1] if par
+                                else serial_twin_of(update[1])), 0))
+        ws.programs[key] = self._calls(ws, calls), n_pre
+        return ws.programs[key]
 
     def forward(self, X):
         rows = X.shape[0]
         ws = self.workspace(rows)
+        self._bind_params(ws)
         ws.act[:X.size] = X.reshape(-1)
-        KE.tape_forward(ws.ops, self.fp, ws.regs, self.net.flat_params, self.zeros,
-                        self.consts, self.iconsts, ws.act, ws.iact, rows, ws.wt)
-        o, w = ws.regs[self.y]
-        return ws.act[o:o + rows * w].reshape(rows, w)
+        KE.run(self.forward_program(ws, rows), rows)
+        return ws.act[ws.out:ws.out + rows * self.n_out].reshape(rows, self.n_out)
 
 
 def compile_tape(net, train):
@@ -183,28 +339,31 @@ def predict(net, X):
 
 
 def loss_kind(net, loss, target):
-    """The loss stage code and whether it is fused with the last node."""
+    """The loss stage's leaf kernel and whether it is fused with the last node."""
     last = net.nodes[-1]
     labels = target.ndim == 1
     if isinstance(loss, KL):
         if type(last) is Softmax:
-            return (KE.SOFTMAX_KL_LABELS if labels else KE.SOFTMAX_KL_PROBS), True
-        return (KE.KL_LABELS if labels else KE.KL_PROBS), False
+            return (KDiv.softmax_kl_labels if labels else KDiv.softmax_kl_probs), True
+        return (KDiv.kl_labels if labels else KDiv.kl_probs), False
     if isinstance(loss, BinaryKL):
-        return (KE.SIGMOID_BKL, True) if type(last) is Sigmoid else (KE.BKL, False)
+        return (KDiv.sigmoid_binary_kl, True) if type(last) is Sigmoid else (KDiv.binary_kl,
+                                                                             False)
     if type(loss) is L2:
-        return KE.L2, False
+        return KDiv.l2, False
     raise Unsupported(f"{type(loss).__name__} is not a built-in divergence")
 
 
 def optimizer_args(opt, net):
-    """(code, hyper-parameters, state buffers) for the engine's update."""
+    """(op function, leaf kernel), hyper-parameters and state buffers of the engine's
+    update."""
     if type(opt) is SGD:
         (v,) = opt._buffers(net, ["v"])
-        return KE.SGD, np.array([opt.momentum, float(opt.nesterov), opt.weight_decay, 0.0]), v, v
+        return (KE.sgd, KO.sgd_step), np.array([opt.momentum, float(opt.nesterov),
+                                                 opt.weight_decay, 0.0]), v, v
     if type(opt) is Adam:
         m, v = opt._buffers(net, ["m", "v"])
-        return KE.ADAM, np.array([*opt.betas, opt.eps, opt.weight_decay]), m, v
+        return (KE.adam, KO.adam_step), np.array([*opt.betas, opt.eps, opt.weight_decay]), m, v
     raise Unsupported(f"{type(opt).__name__} is not a built-in optimizer")
 
 
@@ -218,30 +377,35 @@ def check_supported(net, loss, target, opt):
     return tape, loss_kind(net, loss, target), optimizer_args(opt, net)
 
 
-def _epoch_args(net, target, loss, opt, batch):
-    """The arguments of the engine's epoch kernels that do not change between epochs."""
-    tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
-    ws = tape.workspace(batch)
-    labels = target if target.ndim == 1 else np.zeros(0, np.int64)
-    d = target if target.ndim == 2 else np.zeros((0, 0), net.dtype)
-    last = len(tape.ops) - (2 if fused else 1)
-    return tape, ws, kind, last, labels, d, code, hyper, s1, s2
-
-
 def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
     """Several epochs in one compiled call (see ``kernels.engine.train_epochs``); returns the
     per-epoch rows (loss sum, steps, first bad step or -1, rows right) of the epochs run."""
-    tape, ws, kind, last, labels, d, code, hyper, s1, s2 = _epoch_args(net, target, loss, opt,
-                                                                       batch)
+    tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
+    dt = net.dtype
+    X = np.ascontiguousarray(X, dt)
+    labels = target.ndim == 1
+    target = np.ascontiguousarray(target, np.int64 if labels else dt)
+    orders = np.ascontiguousarray(orders, np.int64)
+    ws = tape.workspace(batch)
+    tape._bind_params(ws)
+    width = 0 if labels else target.shape[1]
+    if width not in ws.bd:
+        ws.bd[width] = np.zeros((batch, width), dt)
+    c = ws.ctx
+    c[KE.X], c[KE.ORDER], c[KE.N_X], c[KE.D_W] = X.ctypes.data, orders.ctypes.data, X.shape[1], \
+        width
+    c[KE.LABELS if labels else KE.D] = target.ctypes.data
+    c[KE.BD] = ws.bd[width].ctypes.data
+    c[KE.HYPER], c[KE.STATE1], c[KE.STATE2] = hyper.ctypes.data, s1.ctypes.data, s2.ctypes.data
+    last = len(tape.ops) - (2 if fused else 1)
+    T = orders.shape[1]
+    full, n_pre = tape.step_program(ws, batch, (kind, fused), last, code, labels, count)
+    tail = tape.step_program(ws, T % batch, (kind, fused), last, code, labels, count)[0] \
+        if T % batch else full
     outs = np.zeros((len(lrs), 4), np.float64)
-    done = KE.train_epochs(ws.ops, tape.fp, ws.regs, net.flat_params, net.flat_grads,
-                           tape.zeros, tape.dbias, tape.consts, tape.iconsts, ws.act,
-                           ws.iact, ws.grad, X, labels, d, orders, batch, kind, tape.y,
-                           int(tape.ops[-1, 1]), last, np.zeros(batch, np.float64),
-                           np.zeros(batch, np.int64), np.zeros((batch, d.shape[1]), net.dtype),
-                           code, np.asarray(lrs, np.float64), hyper, s1, s2, opt.t, outs,
-                           ws.wt, count, -1.0 if tol is None else float(tol),
-                           np.nan if prev is None else float(prev))
+    done = KE.train_epochs(c, ws.fscal, full, tail, n_pre, orders, batch,
+                           np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
+                           np.nan if prev is None else float(prev), outs, opt.t)
     opt.t += int(outs[:done, 1].sum())
     return outs[:done]
 
@@ -249,14 +413,6 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
 def run_epoch(net, X, target, loss, opt, order, batch, count=False):
     """One training epoch in compiled code; returns (sum of batch losses * rows, steps, first
     non-finite step or -1, rows classified right while training if ``count``)."""
-    tape, ws, kind, last, labels, d, code, hyper, s1, s2 = _epoch_args(net, target, loss, opt,
-                                                                       batch)
-    out = np.zeros(4, np.float64)
-    KE.train_epoch(ws.ops, tape.fp, ws.regs, net.flat_params, net.flat_grads, tape.zeros,
-                   tape.dbias, tape.consts, tape.iconsts, ws.act, ws.iact, ws.grad, X,
-                   labels, d, order, batch, kind, tape.y, int(tape.ops[-1, 1]), last,
-                   np.zeros(batch, np.float64), np.zeros(batch, np.int64),
-                   np.zeros((batch, d.shape[1]), net.dtype), code, opt.current_lr(), hyper, s1,
-                   s2, opt.t, out, ws.wt, count)
-    opt.t += int(out[1])
-    return out[0], int(out[1]), int(out[2]), int(out[3])
+    (total, steps, bad, right), = run_epochs(net, X, target, loss, opt, order[None, :], batch,
+                                            [opt.current_lr()], None, None, count)
+    return total, int(steps), int(bad), int(right)

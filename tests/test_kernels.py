@@ -68,7 +68,12 @@ TESTED = {
     "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "dense_forward", "dense_backward_params",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas", "affine", "affine_backward"},
-    "activations": {"_gelu", "_dgelu", "scalar_forward", "scalar_backward",
+    # scalar_forward/backward run elementwise_forward/backward made for each kind
+    "activations": {"_gelu", "_dgelu", "elementwise_forward", "elementwise_backward",
+                    *(f"_{n}" for n in ("identity", "sigmoid", "tanh", "relu", "leaky_relu",
+                                        "softplus", "elu", "gelu_p")),
+                    *(f"_d{n}" for n in ("identity", "sigmoid", "tanh", "relu", "leaky_relu",
+                                         "softplus", "elu", "gelu_p")),
                     "rrelu_forward", "rrelu_backward"},
     "vector": {"softmax_forward", "softmax_vjp", "jacobian_vjp"},
     "products": {"elementwise_product_forward", "elementwise_product_backward",

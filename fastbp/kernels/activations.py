@@ -1,7 +1,8 @@
 """Scalar activations y = f(z) and dz = dy f'(z), elementwise over flat arrays.
 
-One forward and one backward kernel serve every scalar activation; ``kind`` picks the function
-(it is loop-invariant, so the branch costs nothing per element) and ``p`` is its one parameter.
+Every activation is a pair of scalar functions f(z, p), f'(z, y, p); one loop kernel per
+direction is compiled for each activation apart (``FORWARD``, ``BACKWARD``), so that a network
+compiles its own activations only and each loop vectorises.
 exp, tanh, sigmoid and softplus come from :mod:`fastbp.kernels.fastmath` (pure arithmetic, within
 about 1 ulp, vectorised); GELU's erf is libm's.
 """
@@ -10,7 +11,7 @@ import math
 
 from numba import prange
 
-from .._config import INLINE, PARALLEL, njit, serial_twin
+from .._config import INLINE, PARALLEL, njit, serial_twin, specialise
 from .fastmath import fexp, fexpm1, fsigmoid, fsoftplus, ftanh
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, ELU, GELU = range(8)
@@ -32,66 +33,139 @@ def _dgelu(z):
     return 0.5 * (1 + math.erf(z * _SQRT_HALF)) + z * _INV_SQRT_2PI * fexp(-0.5 * z * z)
 
 
+# F and DF: the activation and its derivative, bound per kind by ``_config.specialise``.
+F = DF = None
+
+
 @njit(**PARALLEL)
+def elementwise_forward(p, z, y):
+    """y[i] = F(z[i], p) over flat arrays."""
+    for i in prange(z.shape[0]):
+        y[i] = F(z[i], p)
+
+
+@njit(**PARALLEL)
+def elementwise_backward(p, z, y, dy, dz):
+    """dz[i] = dy[i] DF(z[i], y[i], p) over flat arrays (the diagonal Jacobian)."""
+    for i in prange(z.shape[0]):
+        dz[i] = dy[i] * DF(z[i], y[i], p)
+
+
+# Each activation: f(z, p) and f'(z, y, p) from z and y = f(z). ``not z < 0`` keeps NaN as NaN
+# where ``z >= 0`` would map it to 0; at the kink z = 0 the seed's convention (the z >= 0
+# branch; ReLU's f'(0) = p).
+@njit(**INLINE)
+def _identity(z, p):
+    return z
+
+
+@njit(**INLINE)
+def _didentity(z, y, p):
+    return 1
+
+
+@njit(**INLINE)
+def _sigmoid(z, p):
+    return fsigmoid(z)
+
+
+@njit(**INLINE)
+def _dsigmoid(z, y, p):
+    return y * (1 - y)
+
+
+@njit(**INLINE)
+def _tanh(z, p):
+    return ftanh(z)
+
+
+@njit(**INLINE)
+def _dtanh(z, y, p):
+    return 1 - y * y
+
+
+@njit(**INLINE)
+def _relu(z, p):
+    return z if not z < 0 else 0 * z
+
+
+@njit(**INLINE)
+def _drelu(z, y, p):
+    return 0 if z < 0 else (p if z == 0 else 1)
+
+
+@njit(**INLINE)
+def _leaky_relu(z, p):
+    return z if not z < 0 else p * z
+
+
+@njit(**INLINE)
+def _dleaky_relu(z, y, p):
+    return p if z < 0 else 1
+
+
+@njit(**INLINE)
+def _softplus(z, p):
+    return fsoftplus(z)
+
+
+@njit(**INLINE)
+def _dsoftplus(z, y, p):
+    return fsigmoid(z)
+
+
+@njit(**INLINE)
+def _elu(z, p):
+    return z if not z < 0 else p * fexpm1(z)
+
+
+@njit(**INLINE)
+def _delu(z, y, p):
+    return y + p if z < 0 else 1
+
+
+@njit(**INLINE)
+def _gelu_p(z, p):
+    return _gelu(z)
+
+
+@njit(**INLINE)
+def _dgelu_p(z, y, p):
+    return _dgelu(z)
+
+
+_KINDS = {IDENTITY: ("identity", _identity, _didentity), SIGMOID: ("sigmoid", _sigmoid, _dsigmoid),
+          TANH: ("tanh", _tanh, _dtanh), RELU: ("relu", _relu, _drelu),
+          LEAKY_RELU: ("leaky_relu", _leaky_relu, _dleaky_relu),
+          SOFTPLUS: ("softplus", _softplus, _dsoftplus), ELU: ("elu", _elu, _delu),
+          GELU: ("gelu", _gelu_p, _dgelu_p)}
+#: kind -> its forward kernel (p, z, y) and backward kernel (p, z, y, dy, dz), each compiled on
+#: first use, so a network compiles only its own activations; their serial twins the same.
+FORWARD = {k: specialise(elementwise_forward, f"{n}_forward", F=f) for k, (n, f, _) in _KINDS.items()}
+BACKWARD = {k: specialise(elementwise_backward, f"{n}_backward", DF=df)
+            for k, (n, _, df) in _KINDS.items()}
+FORWARD_SERIAL = {k: serial_twin(v) for k, v in FORWARD.items()}
+BACKWARD_SERIAL = {k: serial_twin(v) for k, v in BACKWARD.items()}
+
+
 def scalar_forward(kind, p, z, y):
-    """y[i] = f(z[i]) over flat arrays. One loop per kind (the branch outside the loop, so each
-    loop vectorises). ``not z < 0`` keeps NaN as NaN where ``z >= 0`` would map it to 0."""
-    n = z.shape[0]
-    if kind == IDENTITY:
-        for i in prange(n):
-            y[i] = z[i]
-    elif kind == SIGMOID:
-        for i in prange(n):
-            y[i] = fsigmoid(z[i])
-    elif kind == TANH:
-        for i in prange(n):
-            y[i] = ftanh(z[i])
-    elif kind == RELU:
-        for i in prange(n):
-            y[i] = z[i] if not z[i] < 0 else 0 * z[i]
-    elif kind == LEAKY_RELU:
-        for i in prange(n):
-            y[i] = z[i] if not z[i] < 0 else p * z[i]
-    elif kind == SOFTPLUS:
-        for i in prange(n):
-            y[i] = fsoftplus(z[i])
-    elif kind == ELU:
-        for i in prange(n):
-            y[i] = z[i] if not z[i] < 0 else p * fexpm1(z[i])
-    else:  # GELU, the exact (erf) form
-        for i in prange(n):
-            y[i] = _gelu(z[i])
+    """y[i] = f(z[i]) over flat arrays, f the activation ``kind`` with parameter p."""
+    FORWARD[kind](p, z, y)
 
 
-@njit(**PARALLEL)
 def scalar_backward(kind, p, z, y, dy, dz):
-    """dz[i] = dy[i] f'(z[i]) over flat arrays (the diagonal Jacobian), f' from z and y = f(z);
-    at the kink z = 0 the seed's convention (the z >= 0 branch; ReLU's f'(0) = p)."""
-    n = z.shape[0]
-    if kind == IDENTITY:
-        for i in prange(n):
-            dz[i] = dy[i]
-    elif kind == SIGMOID:
-        for i in prange(n):
-            dz[i] = dy[i] * (y[i] * (1 - y[i]))
-    elif kind == TANH:
-        for i in prange(n):
-            dz[i] = dy[i] * (1 - y[i] * y[i])
-    elif kind == RELU:
-        for i in prange(n):
-            dz[i] = dy[i] * (0 if z[i] < 0 else (p if z[i] == 0 else 1))
-    elif kind == LEAKY_RELU:
-        for i in prange(n):
-            dz[i] = dy[i] * (p if z[i] < 0 else 1)
-    elif kind == SOFTPLUS:
-        for i in prange(n):
-            dz[i] = dy[i] * fsigmoid(z[i])
-    elif kind == ELU:
-        for i in prange(n):
-            dz[i] = dy[i] * (y[i] + p if z[i] < 0 else 1)
-    else:
-        for i in prange(n):
-            dz[i] = dy[i] * _dgelu(z[i])
+    """dz[i] = dy[i] f'(z[i]) over flat arrays, f' from z and y = f(z)."""
+    BACKWARD[kind](p, z, y, dy, dz)
+
+
+def scalar_forward_serial(kind, p, z, y):
+    """``scalar_forward`` on the calling thread."""
+    FORWARD_SERIAL[kind](p, z, y)
+
+
+def scalar_backward_serial(kind, p, z, y, dy, dz):
+    """``scalar_backward`` on the calling thread."""
+    BACKWARD_SERIAL[kind](p, z, y, dy, dz)
 
 
 @njit(**PARALLEL)
@@ -108,6 +182,3 @@ def rrelu_backward(z, a, dy, dz):
         dz[i] = dy[i] if not z[i] < 0 else a[i] * dy[i]
 
 
-# The same kernels run serially, for ops too small to split (see _config.serial_twin).
-scalar_forward_serial = serial_twin(scalar_forward)
-scalar_backward_serial = serial_twin(scalar_backward)

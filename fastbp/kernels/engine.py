@@ -1,272 +1,370 @@
-"""The engine: a network compiled to a tape of ops, run for whole epochs in compiled code.
+"""The engine's compiled half: op kernels called through their addresses, and the interpreter.
 
-A tape row is one op: ``ops[k] = (code, in, out, in_grad, out_grad, n_in, n_out, w, b, a1, a2,
-a3, work)`` with ``fp[k]`` its float parameter and ``work`` its operations per row: an op with
-``rows * work < PAR_MIN_WORK`` runs through the serial twin of its kernel (waking the other
-threads would cost more than it saves; far more when another process holds a core). ``in``/``out`` are activation registers and
-``in_grad``/``out_grad`` gradient registers (-1: not needed); ``regs[r] = (offset, width)``
-places register r in the workspaces ``act`` and ``grad`` for the current batch. Every op calls
-the same leaf kernel as the node's Python class, so the engine and the per-node path give the
-same numbers.
+An op kernel is a C function ``void(ctx, op, rows)`` that runs one step of one op (a layer's
+forward, its backward, the loss, the update, ...) by calling the same leaf kernel as the node's
+Python class, so the engine and the per-node path give the same numbers. Each is compiled for
+one dtype and one choice of kernel (its activation kind, BLAS or loops, threads or not), only
+when the first network that needs it appears, and cached on disk.
+
+The interpreter calls op kernels through their addresses and references none of them. numba
+compiles a caller with the machine code of every callee again (a one-line caller of one leaf
+took 0.6-1.4 s to compile), and the first engine, whose interpreter called every kernel of
+every kind directly through five levels of callers, compiled 21 s (float64) + 41 s (float32)
+before the first fit. This interpreter compiles once, for both dtypes, in well under a second.
+
+``ctx`` is the address of an int64 array with the fields below: buffer addresses, then a few
+integers. ``op`` is the address of the op's row of int64 fields, ``rows`` the rows of the batch.
+Offsets count elements of the buffer's dtype. A program is an int64 array of calls, one row
+``(kernel address, ctx, op)`` each, built in :mod:`fastbp.engine`.
 """
 
+import functools
 import math
 
 import numpy as np
+from llvmlite import ir
+from numba import carray, types
+from numba.extending import intrinsic
 
-from .._config import SERIAL, njit
-from . import activations as KA
-from . import dense as KD
+from .._config import SERIAL, njit, op_kernel
 from . import divergences as KDiv
 from . import optim as KO
-from . import products as KP
-from . import vector as KV
 
-LINEAR, SCALAR, SOFTMAX, PAIR, POWER, MAX, MUL, FORK = range(1, 9)
-L2, KL_LABELS, KL_PROBS, BKL, SOFTMAX_KL_LABELS, SOFTMAX_KL_PROBS, SIGMOID_BKL = range(1, 8)
-NO_OPT, SGD, ADAM = range(3)
-PAR_MIN_WORK = 1 << 16
+PAR_MIN_WORK = 1 << 16  # elements from which an elementwise op runs on the threads (below it,
+# waking the other threads costs more than it saves; far more when another process holds a core)
+
+# ctx: addresses (of the workspace's buffers, the network's, and the batch's), then integers.
+(ACT, GRAD, IACT, PARAMS, GRADS, CONSTS, ICONSTS, SCRATCH, ZEROS, DBIAS, FP, X, LABELS, D,
+ ORDER, BLABELS, BD, DIV, HYPER, STATE1, STATE2, FSCAL, OK,
+ N_X, D_W, N_PARAMS, LO, STEP, RIGHT) = range(29)
+N_CTX = 29
+# FSCAL, float64: the epoch's learning rate, the batch's loss, and whether its gradient is finite.
+LR, LOSS, FINITE = range(3)
+N_FSCAL = 3
+# An op's row: activation offsets in and out, gradient offsets in and out (-1: none), widths,
+# parameter offsets of W and b (-1: none), three auxiliary fields (say which in the op's
+# kernels), and the op's index into FP (its float parameter).
+IN, OUT, GIN, GOUT, N_IN, N_OUT, W, B, A1, A2, A3, K = range(12)
+N_OP = 12
 
 
-@njit(**SERIAL)
-def _reg(ws, regs, r, rows):
-    o = regs[r, 0]
-    return ws[o:o + rows * regs[r, 1]].reshape((rows, regs[r, 1]))
+@intrinsic
+def _call(typingctx, fn, ctx, op, rows):
+    """Call the op kernel at address ``fn``."""
+    sig = types.void(fn, ctx, op, rows)
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(64)] * 3)
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
-@njit(**SERIAL)
-def _flat(ws, regs, r, rows):
-    return ws[regs[r, 0]:regs[r, 0] + rows * regs[r, 1]]
+@intrinsic
+def _at(typingctx, addr, offset, dt):
+    """A pointer to element ``offset`` of the ``dt`` buffer at address ``addr``."""
+    sig = types.CPointer(dt.dtype)(addr, offset, dt)
 
+    def codegen(context, builder, signature, args):
+        p = builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+        return builder.gep(p, [args[1]])
 
-@njit(**SERIAL)
-def tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows, wt):
-    """Run every op of the tape forward on the first ``rows`` rows."""
-    for k in range(ops.shape[0]):
-        code, i, o, par = ops[k, 0], ops[k, 1], ops[k, 2], rows * ops[k, 12] >= PAR_MIN_WORK
-        x, y = _reg(act, regs, i, rows), _reg(act, regs, o, rows)
-        if code == LINEAR:
-            n_in, n_out, w, b = ops[k, 5], ops[k, 6], ops[k, 7], ops[k, 8]
-            W = params[w:w + n_out * n_in].reshape((n_out, n_in))
-            bias = params[b:b + n_out] if b >= 0 else zeros[:n_out]
-            KD.affine(x, W, bias, y, wt[:n_in * n_out].reshape((n_in, n_out)))
-        elif code == SCALAR:
-            xf, yf = _flat(act, regs, i, rows), _flat(act, regs, o, rows)
-            if par:
-                KA.scalar_forward(ops[k, 9], fp[k], xf, yf)
-            else:
-                KA.scalar_forward_serial(ops[k, 9], fp[k], xf, yf)
-        elif code == SOFTMAX:
-            if par:
-                KV.softmax_forward(x, y)
-            else:
-                KV.softmax_forward_serial(x, y)
-        elif code == MUL:
-            a, b, yf = (_flat(act, regs, i, rows), _flat(act, regs, ops[k, 9], rows),
-                        _flat(act, regs, o, rows))
-            if par:
-                KP.elementwise_product_forward(a, b, yf)
-            else:
-                KP.elementwise_product_forward_serial(a, b, yf)
-        elif code == PAIR:
-            KP.pair_product_forward(x, y)
-        elif code == POWER:
-            a = consts[ops[k, 9]:ops[k, 9] + ops[k, 5] * ops[k, 6]].reshape((ops[k, 5], ops[k, 6]))
-            KP.power_product_forward(x, a, y)
-        elif code == MAX:
-            M = ops[k, 6]
-            indptr = iconsts[ops[k, 9]:ops[k, 9] + M + 1]
-            indices = iconsts[ops[k, 10]:ops[k, 10] + indptr[M]]
-            arg = iact[ops[k, 11]:ops[k, 11] + rows * M].reshape((rows, M))
-            KP.max_forward(x, indptr, indices, y, arg)
+    return sig, codegen
 
 
 @njit(**SERIAL)
-def _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows, wt):
-    """dW, db and (where needed) the input gradient of the LINEAR op k."""
-    i, gi, go = ops[k, 1], ops[k, 3], ops[k, 4]
-    n_in, n_out, w, b = ops[k, 5], ops[k, 6], ops[k, 7], ops[k, 8]
-    dz, y = _reg(grad, regs, go, rows), _reg(act, regs, i, rows)
-    dW = grads[w:w + n_out * n_in].reshape((n_out, n_in))
-    db = grads[b:b + n_out] if b >= 0 else dbias[:n_out]
-    W = params[w:w + n_out * n_in].reshape((n_out, n_in))
-    dy = _reg(grad, regs, gi, rows) if gi >= 0 else y  # y: a placeholder, never written
-    dzT = wt[:n_out * rows].reshape((n_out, rows))
-    KD.affine_backward(dz, y, W, dW, db, dy, gi >= 0, dzT)
+def _ints(addr, offset, n):
+    return carray(_at(addr, offset, np.int64), n)
 
 
 @njit(**SERIAL)
-def tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iact, grad, rows,
-                  last, wt):
-    """Run ops ``last`` down to 0 backward: gradients of parameters into ``grads``, of
-    activations into the gradient registers."""
-    for k in range(last, -1, -1):
-        code, i, o, gi, go = ops[k, 0], ops[k, 1], ops[k, 2], ops[k, 3], ops[k, 4]
-        par = rows * ops[k, 12] >= PAR_MIN_WORK
-        if code == LINEAR:
-            _linear_backward(ops, k, regs, params, grads, dbias, act, grad, rows, wt)
-            continue
-        if gi < 0:
-            continue
-        dx, dy = _reg(grad, regs, gi, rows), _reg(grad, regs, go, rows)
-        if code == SCALAR:
-            args = (_flat(act, regs, i, rows), _flat(act, regs, o, rows),
-                    _flat(grad, regs, go, rows), _flat(grad, regs, gi, rows))
-            if par:
-                KA.scalar_backward(ops[k, 9], fp[k], *args)
-            else:
-                KA.scalar_backward_serial(ops[k, 9], fp[k], *args)
-        elif code == SOFTMAX:
-            if par:
-                KV.softmax_vjp(_reg(act, regs, o, rows), dy, dx)
-            else:
-                KV.softmax_vjp_serial(_reg(act, regs, o, rows), dy, dx)
-        elif code == MUL:
-            args = (_flat(act, regs, i, rows), _flat(act, regs, ops[k, 9], rows),
-                    _flat(grad, regs, go, rows), _flat(grad, regs, gi, rows),
-                    _flat(grad, regs, ops[k, 10], rows))
-            if par:
-                KP.elementwise_product_backward(*args)
-            else:
-                KP.elementwise_product_backward_serial(*args)
-        elif code == PAIR:
-            KP.pair_product_backward(_reg(act, regs, i, rows), dy, dx)
-        elif code == POWER:
-            a = consts[ops[k, 9]:ops[k, 9] + ops[k, 5] * ops[k, 6]].reshape((ops[k, 5], ops[k, 6]))
-            x = _reg(act, regs, i, rows)
-            KP.power_product_backward(x, a, dy, dx, np.empty_like(x))
-        elif code == MAX:
-            M = ops[k, 6]
-            arg = iact[ops[k, 11]:ops[k, 11] + rows * M].reshape((rows, M))
-            KP.max_backward(dy, arg, dx)
-        elif code == FORK:
-            ga, gb, g = (_flat(grad, regs, ops[k, 9], rows), _flat(grad, regs, ops[k, 10], rows),
-                         _flat(grad, regs, gi, rows))
-            for n in range(g.shape[0]):
-                g[n] = ga[n] + gb[n]
+def _vec(addr, offset, n, dt):
+    return carray(_at(addr, offset, dt), n)
 
 
 @njit(**SERIAL)
-def loss_stage(kind, regs, y_reg, z_reg, act, grad, labels, d, div, rows):
-    """The mean divergence of the batch and its gradient into the last (or, fused, the
-    pre-activation) gradient register."""
-    Y = _reg(act, regs, y_reg, rows)
-    scale = 1.0 / rows
-    dv = div[:rows]
-    if rows * regs[y_reg, 1] < PAR_MIN_WORK and kind == SOFTMAX_KL_LABELS:
-        KDiv.softmax_kl_labels_serial(_reg(act, regs, z_reg, rows), Y, labels[:rows], dv,
-                                      _reg(grad, regs, z_reg, rows), scale)
-    elif rows * regs[y_reg, 1] < PAR_MIN_WORK and kind == SIGMOID_BKL:
-        KDiv.sigmoid_binary_kl_serial(_reg(act, regs, z_reg, rows), Y, d[:rows], dv,
-                                      _reg(grad, regs, z_reg, rows), scale)
-    elif kind == L2:
-        KDiv.l2(Y, d[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
-    elif kind == KL_LABELS:
-        KDiv.kl_labels(Y, labels[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
-    elif kind == KL_PROBS:
-        KDiv.kl_probs(Y, d[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
-    elif kind == BKL:
-        KDiv.binary_kl(Y, d[:rows], dv, _reg(grad, regs, y_reg, rows), scale)
-    elif kind == SOFTMAX_KL_LABELS:
-        KDiv.softmax_kl_labels(_reg(act, regs, z_reg, rows), Y, labels[:rows], dv,
-                               _reg(grad, regs, z_reg, rows), scale)
-    elif kind == SOFTMAX_KL_PROBS:
-        KDiv.softmax_kl_probs(_reg(act, regs, z_reg, rows), Y, d[:rows], dv,
-                              _reg(grad, regs, z_reg, rows), scale)
+def _mat(addr, offset, r, c, dt):
+    return carray(_at(addr, offset, dt), (r, c))
+
+
+@njit(**SERIAL)
+def _fields(ctx, op):
+    return _ints(ctx, 0, N_CTX), _ints(op, 0, N_OP)
+
+
+# ---------------------------------------------------------------------------------------------
+# Op kernels. ``kernel(op, dtype, **leaves)`` compiles a copy of an op function with these
+# globals bound (numba compiles globals as constants, and drops branches on them before it
+# types anything): DT the dtype, KERNEL/KERNEL2 the leaf kernels it calls, and its flags (NEED_DY, BY_LABEL,
+# FUSED, BLAS).
+# ---------------------------------------------------------------------------------------------
+DT = KERNEL = KERNEL2 = None
+NEED_DY = BY_LABEL = FUSED = BLAS = False
+
+
+@functools.cache
+def kernel(op, dtype, **consts):
+    """The op function ``op`` compiled for ``dtype`` with the globals ``consts`` (cached)."""
+    return op_kernel(op, DT=dtype, **consts)
+
+
+def load_batch(ctx, op, rows):
+    """Rows ``order[LO:LO + rows]`` of X into the input register (offset 0), their labels into
+    BLABELS (BY_LABEL) or their target rows into BD."""
+    c = _ints(ctx, 0, N_CTX)
+    order, n_x, w = _ints(c[ORDER], c[LO], rows), c[N_X], c[D_W]
+    x, bd, bl = _mat(c[ACT], 0, rows, n_x, DT), _mat(c[BD], 0, rows, w, DT), _ints(c[BLABELS], 0,
+                                                                                   rows)
+    for r in range(rows):
+        src = _vec(c[X], order[r] * n_x, n_x, DT)
+        for j in range(n_x):
+            x[r, j] = src[j]
+        if BY_LABEL:
+            bl[r] = _ints(c[LABELS], order[r], 1)[0]
+        else:
+            bl[r] = 0
+            d = _vec(c[D], order[r] * w, w, DT)
+            for j in range(w):
+                bd[r, j] = d[j]
+
+
+def linear_forward(ctx, op, rows):
+    """z = y W^T + b by a dense BLAS kernel KERNEL(y, W, b, z)."""
+    c, o = _fields(ctx, op)
+    n_in, n_out = o[N_IN], o[N_OUT]
+    b = _vec(c[PARAMS], o[B], n_out, DT) if o[B] >= 0 else _vec(c[ZEROS], 0, n_out, DT)
+    KERNEL(_mat(c[ACT], o[IN], rows, n_in, DT), _mat(c[PARAMS], o[W], n_out, n_in, DT), b,
+           _mat(c[ACT], o[OUT], rows, n_out, DT))
+
+
+def linear_forward_loops(ctx, op, rows):
+    """z = y W^T + b by the loop kernel KERNEL(y, W, b, z, W^T scratch)."""
+    c, o = _fields(ctx, op)
+    n_in, n_out = o[N_IN], o[N_OUT]
+    b = _vec(c[PARAMS], o[B], n_out, DT) if o[B] >= 0 else _vec(c[ZEROS], 0, n_out, DT)
+    KERNEL(_mat(c[ACT], o[IN], rows, n_in, DT), _mat(c[PARAMS], o[W], n_out, n_in, DT), b,
+           _mat(c[ACT], o[OUT], rows, n_out, DT), _mat(c[SCRATCH], 0, n_in, n_out, DT))
+
+
+def linear_backward(ctx, op, rows):
+    """dW, db by KERNEL(dz, y, dW, db, dz^T scratch) (BLAS) or KERNEL(dz, y, dW, db) (the loop
+    kernel), and if NEED_DY, dy at GIN by KERNEL2(dz, W, dy)."""
+    c, o = _fields(ctx, op)
+    n_in, n_out = o[N_IN], o[N_OUT]
+    dz, y = _mat(c[GRAD], o[GOUT], rows, n_out, DT), _mat(c[ACT], o[IN], rows, n_in, DT)
+    dW = _mat(c[GRADS], o[W], n_out, n_in, DT)
+    db = _vec(c[GRADS], o[B], n_out, DT) if o[B] >= 0 else _vec(c[DBIAS], 0, n_out, DT)
+    if BLAS:
+        KERNEL(dz, y, dW, db, _mat(c[SCRATCH], 0, n_out, rows, DT))
     else:
-        KDiv.sigmoid_binary_kl(_reg(act, regs, z_reg, rows), Y, d[:rows], dv,
-                               _reg(grad, regs, z_reg, rows), scale)
-    return KDiv.mean(dv)
+        KERNEL(dz, y, dW, db)
+    if NEED_DY:
+        KERNEL2(dz, _mat(c[PARAMS], o[W], n_out, n_in, DT), _mat(c[GRAD], o[GIN], rows, n_in, DT))
+
+
+def elementwise_forward(ctx, op, rows):
+    """y = f(z) over the flat registers: KERNEL(p, z, y), p the op's float parameter."""
+    c, o = _fields(ctx, op)
+    n = rows * o[N_OUT]
+    KERNEL(_vec(c[FP], o[K], 1, np.float64)[0], _vec(c[ACT], o[IN], n, DT),
+           _vec(c[ACT], o[OUT], n, DT))
+
+
+def elementwise_backward(ctx, op, rows):
+    """dz = dy f'(z): KERNEL(p, z, y, dy, dz) over the flat registers."""
+    c, o = _fields(ctx, op)
+    n = rows * o[N_OUT]
+    KERNEL(_vec(c[FP], o[K], 1, np.float64)[0], _vec(c[ACT], o[IN], n, DT),
+           _vec(c[ACT], o[OUT], n, DT), _vec(c[GRAD], o[GOUT], n, DT),
+           _vec(c[GRAD], o[GIN], n, DT))
+
+
+def rows_forward(ctx, op, rows):
+    """y = f(z) row by row (softmax, pair products): KERNEL(z, y)."""
+    c, o = _fields(ctx, op)
+    KERNEL(_mat(c[ACT], o[IN], rows, o[N_IN], DT), _mat(c[ACT], o[OUT], rows, o[N_OUT], DT))
+
+
+def softmax_backward(ctx, op, rows):
+    """dz from y and dy: KERNEL(y, dy, dz)."""
+    c, o = _fields(ctx, op)
+    n = o[N_OUT]
+    KERNEL(_mat(c[ACT], o[OUT], rows, n, DT), _mat(c[GRAD], o[GOUT], rows, n, DT),
+           _mat(c[GRAD], o[GIN], rows, n, DT))
+
+
+def pair_backward(ctx, op, rows):
+    """dz from z and dy: KERNEL(z, dy, dz)."""
+    c, o = _fields(ctx, op)
+    KERNEL(_mat(c[ACT], o[IN], rows, o[N_IN], DT), _mat(c[GRAD], o[GOUT], rows, o[N_OUT], DT),
+           _mat(c[GRAD], o[GIN], rows, o[N_IN], DT))
+
+
+def mul_forward(ctx, op, rows):
+    """y = a * b: KERNEL(a, b, y), a at IN, b at A1 (activations)."""
+    c, o = _fields(ctx, op)
+    n = rows * o[N_OUT]
+    KERNEL(_vec(c[ACT], o[IN], n, DT), _vec(c[ACT], o[A1], n, DT), _vec(c[ACT], o[OUT], n, DT))
+
+
+def mul_backward(ctx, op, rows):
+    """da at GIN and db at A2 (gradients) from dy at GOUT: KERNEL(a, b, dy, da, db)."""
+    c, o = _fields(ctx, op)
+    n = rows * o[N_OUT]
+    KERNEL(_vec(c[ACT], o[IN], n, DT), _vec(c[ACT], o[A1], n, DT),
+           _vec(c[GRAD], o[GOUT], n, DT), _vec(c[GRAD], o[GIN], n, DT),
+           _vec(c[GRAD], o[A2], n, DT))
+
+
+def fork_backward(ctx, op, rows):
+    """The gradient at GIN is the sum of the two branches' gradients at A1 and A2."""
+    c, o = _fields(ctx, op)
+    n = rows * o[N_IN]
+    ga, gb, g = (_vec(c[GRAD], o[A1], n, DT), _vec(c[GRAD], o[A2], n, DT),
+                 _vec(c[GRAD], o[GIN], n, DT))
+    for i in range(n):
+        g[i] = ga[i] + gb[i]
+
+
+def power_forward(ctx, op, rows):
+    """y_i = prod_l z_l^alpha_li, alpha of shape (N_IN, N_OUT) at A1 in CONSTS."""
+    c, o = _fields(ctx, op)
+    KERNEL(_mat(c[ACT], o[IN], rows, o[N_IN], DT), _mat(c[CONSTS], o[A1], o[N_IN], o[N_OUT], DT),
+           _mat(c[ACT], o[OUT], rows, o[N_OUT], DT))
+
+
+def power_backward(ctx, op, rows):
+    c, o = _fields(ctx, op)
+    z = _mat(c[ACT], o[IN], rows, o[N_IN], DT)
+    KERNEL(z, _mat(c[CONSTS], o[A1], o[N_IN], o[N_OUT], DT),
+           _mat(c[GRAD], o[GOUT], rows, o[N_OUT], DT), _mat(c[GRAD], o[GIN], rows, o[N_IN], DT),
+           np.empty_like(z))
+
+
+def max_forward(ctx, op, rows):
+    """y_i = max over a subset of z: the subsets' CSR indptr at A1 and indices at A2 in
+    ICONSTS; the argmax of each output at A3 in IACT."""
+    c, o = _fields(ctx, op)
+    m = o[N_OUT]
+    indptr = _ints(c[ICONSTS], o[A1], m + 1)
+    KERNEL(_mat(c[ACT], o[IN], rows, o[N_IN], DT), indptr,
+           _ints(c[ICONSTS], o[A2], indptr[m]), _mat(c[ACT], o[OUT], rows, m, DT),
+           carray(_at(c[IACT], o[A3], np.int64), (rows, m)))
+
+
+def max_backward(ctx, op, rows):
+    c, o = _fields(ctx, op)
+    m = o[N_OUT]
+    KERNEL(_mat(c[GRAD], o[GOUT], rows, m, DT), carray(_at(c[IACT], o[A3], np.int64), (rows, m)),
+           _mat(c[GRAD], o[GIN], rows, o[N_IN], DT))
+
+
+def loss(ctx, op, rows):
+    """The batch's mean divergence into FSCAL[LOSS] and its gradient, by KERNEL(Y, target, div,
+    dY, 1 / rows) into GOUT or, FUSED, by KERNEL(z, Y, target, div, dz, 1 / rows) into GIN (z the
+    last op's input at IN); the target is the labels (BY_LABEL) or the target rows."""
+    c, o = _fields(ctx, op)
+    n = o[N_OUT]
+    Y, dv = _mat(c[ACT], o[OUT], rows, n, DT), _vec(c[DIV], 0, rows, np.float64)
+    scale = 1.0 / rows
+    if FUSED and BY_LABEL:
+        KERNEL(_mat(c[ACT], o[IN], rows, n, DT), Y, _ints(c[BLABELS], 0, rows), dv,
+               _mat(c[GRAD], o[GIN], rows, n, DT), scale)
+    elif FUSED:
+        KERNEL(_mat(c[ACT], o[IN], rows, n, DT), Y, _mat(c[BD], 0, rows, c[D_W], DT), dv,
+               _mat(c[GRAD], o[GIN], rows, n, DT), scale)
+    elif BY_LABEL:
+        KERNEL(Y, _ints(c[BLABELS], 0, rows), dv, _mat(c[GRAD], o[GOUT], rows, n, DT), scale)
+    else:
+        KERNEL(Y, _mat(c[BD], 0, rows, c[D_W], DT), dv, _mat(c[GRAD], o[GOUT], rows, n, DT),
+               scale)
+    _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LOSS] = KDiv.mean(dv)
+
+
+def finite(ctx, op, rows):
+    """FSCAL[FINITE] = 1 if the parameters' gradient holds no NaN or inf (KERNEL(g, ok)), else 0."""
+    c = _ints(ctx, 0, N_CTX)
+    good = KERNEL(_vec(c[GRADS], 0, c[N_PARAMS], DT),
+                  carray(_at(c[OK], 0, np.bool_), -(-c[N_PARAMS] // KO.FINITE_BLOCK)))
+    _vec(c[FSCAL], 0, N_FSCAL, np.float64)[FINITE] = 1.0 if good else 0.0
+
+
+def correct(ctx, op, rows):
+    """Adds the rows of the batch classified right to ctx[RIGHT] (the output at OUT)."""
+    c, o = _fields(ctx, op)
+    c[RIGHT] += KDiv.correct(_mat(c[ACT], o[OUT], rows, o[N_OUT], DT),
+                             _ints(c[BLABELS], 0, rows if BY_LABEL else 0),
+                             _mat(c[BD], 0, rows, c[D_W], DT))
+
+
+def sgd(ctx, op, rows):
+    """SGD's step by KERNEL(p, g, v, lr, momentum, nesterov, weight decay), the
+    hyper-parameters in HYPER, the learning rate in FSCAL[LR]."""
+    c = _ints(ctx, 0, N_CTX)
+    n = c[N_PARAMS]
+    h = _vec(c[HYPER], 0, 4, np.float64)
+    KERNEL(_vec(c[PARAMS], 0, n, DT), _vec(c[GRADS], 0, n, DT), _vec(c[STATE1], 0, n, DT),
+           _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR], h[0], h[1] != 0, h[2])
+
+
+def adam(ctx, op, rows):
+    """Adam's step by KERNEL(p, g, m, v, lr, beta1, beta2, eps, weight decay, t), t the step
+    number in ctx[STEP]."""
+    c = _ints(ctx, 0, N_CTX)
+    n = c[N_PARAMS]
+    h = _vec(c[HYPER], 0, 4, np.float64)
+    KERNEL(_vec(c[PARAMS], 0, n, DT), _vec(c[GRADS], 0, n, DT), _vec(c[STATE1], 0, n, DT),
+           _vec(c[STATE2], 0, n, DT), _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR], h[0], h[1],
+           h[2], h[3], c[STEP])
+
+
+# ---------------------------------------------------------------------------------------------
+# The interpreter
+# ---------------------------------------------------------------------------------------------
+@njit(**SERIAL)
+def run(prog, rows):
+    """Every call of the program, in order, on ``rows`` rows."""
+    for k in range(prog.shape[0]):
+        _call(prog[k, 0], prog[k, 1], prog[k, 2], rows)
 
 
 @njit(**SERIAL)
-def _finite_grads(grads, ok):
-    """No NaN or inf in the gradients (on the threads only where there is enough to split)."""
-    if grads.shape[0] >= PAR_MIN_WORK:
-        return KO.all_finite(grads, ok)
-    return KO.all_finite_serial(grads, ok)
-
-
-@njit(**SERIAL)
-def _update(opt, params, grads, lr, hyper, state1, state2, t):
-    """The optimizer's update of the flat parameters (serially for small networks)."""
-    if params.shape[0] >= PAR_MIN_WORK:
-        if opt == SGD:
-            KO.sgd_step(params, grads, state1, lr, hyper[0], hyper[1] != 0, hyper[2])
-        elif opt == ADAM:
-            KO.adam_step(params, grads, state1, state2, lr, hyper[0], hyper[1], hyper[2],
-                         hyper[3], t)
-    elif opt == SGD:
-        KO.sgd_step_serial(params, grads, state1, lr, hyper[0], hyper[1] != 0, hyper[2])
-    elif opt == ADAM:
-        KO.adam_step_serial(params, grads, state1, state2, lr, hyper[0], hyper[1], hyper[2],
-                            hyper[3], t)
-
-
-@njit(**SERIAL)
-def train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act, iact, grad,
-                X, labels, d, order, batch, loss_kind, y_reg, z_reg, last, div, blabels, bd,
-                opt, lr, hyper, state1, state2, t0, out, wt, count):
-    """One epoch: for every batch of rows ``order[lo:lo + batch]``, forward, loss, backward and
-    the optimizer's update. ``out`` receives (sum of batch loss * rows, steps done, first bad
-    step or -1, rows classified right as they were trained on); a step whose loss or gradient
-    is not finite stops the epoch before its update."""
-    T = order.shape[0]
-    n_in = X.shape[1]
-    ok = np.empty(-(-grads.shape[0] // KO.FINITE_BLOCK), np.bool_)
-    total = 0.0
-    step = 0
-    right = 0
-    out[2] = -1
-    for lo in range(0, T, batch):
-        rows = min(batch, T - lo)
-        x = _reg(act, regs, 0, rows)
-        for r in range(rows):
-            src = order[lo + r]
-            for c in range(n_in):
-                x[r, c] = X[src, c]
-            blabels[r] = labels[src] if labels.shape[0] > 0 else 0
-            for c in range(bd.shape[1]):
-                bd[r, c] = d[src, c]
-        tape_forward(ops, fp, regs, params, zeros, consts, iconsts, act, iact, rows, wt)
-        value = loss_stage(loss_kind, regs, y_reg, z_reg, act, grad, blabels, bd, div, rows)
-        tape_backward(ops, fp, regs, params, grads, dbias, consts, iconsts, act, iact, grad,
-                      rows, last, wt)
-        if not (math.isfinite(value) and _finite_grads(grads, ok)):
-            out[2] = step
-            break
-        if count:
-            right += KDiv.correct(_reg(act, regs, y_reg, rows), blabels[:rows] if
-                                  labels.shape[0] > 0 else labels, bd[:rows])
-        _update(opt, params, grads, lr, hyper, state1, state2, t0 + step + 1)
-        total += value * rows
-        step += 1
-    out[0] = total
-    out[1] = step
-    out[3] = right
-
-
-@njit(**SERIAL)
-def train_epochs(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act, iact, grad,
-                 X, labels, d, orders, batch, loss_kind, y_reg, z_reg, last, div, blabels, bd,
-                 opt, lrs, hyper, state1, state2, t0, outs, wt, count, tol, prev):
-    """Epochs one after another, epoch e on rows ``orders[e]`` (or ``orders[0]`` for every epoch)
-    with learning rate ``lrs[e]``; ``outs[e]`` as ``train_epoch``'s ``out``. Stops after an
-    epoch with a non-finite step, or whose mean loss differs from the previous one (``prev``
-    before the first) by less than ``tol`` (the seed's test; tol < 0: never). Returns the
-    number of epochs run."""
+def train_epochs(ctx, fscal, full, tail, n_pre, orders, batch, lrs, tol, prev, outs, t0):
+    """Epochs one after another, epoch e on rows ``orders[e]`` (or ``orders[0]`` for every
+    epoch) in batches of ``batch`` rows, with learning rate ``lrs[e]``. A step runs the program
+    ``full`` (``tail`` for a last, shorter batch): its first ``n_pre`` calls load the batch, run
+    forward, the loss and backward and check the gradient; if the loss and the gradient are
+    finite, the others update the parameters. ``outs[e]`` receives (sum of batch loss * rows,
+    steps done, first bad step or -1, rows classified right as they were trained on). Stops
+    after an epoch with a non-finite step, or whose mean loss differs from the previous one
+    (``prev`` before the first) by less than ``tol`` (the seed's test; tol < 0: never).
+    Returns the number of epochs run."""
     T = orders.shape[1]
     steps = 0
     for e in range(lrs.shape[0]):
-        order = orders[e] if orders.shape[0] > 1 else orders[0]
-        train_epoch(ops, fp, regs, params, grads, zeros, dbias, consts, iconsts, act, iact,
-                    grad, X, labels, d, order, batch, loss_kind, y_reg, z_reg, last, div,
-                    blabels, bd, opt, lrs[e], hyper, state1, state2, t0 + steps, outs[e], wt,
-                    count)
-        steps += int(outs[e, 1])
-        if outs[e, 2] >= 0:
+        fscal[LR] = lrs[e]
+        ctx[RIGHT] = 0
+        total, step, bad = 0.0, 0, -1
+        for lo in range(0, T, batch):
+            rows = min(batch, T - lo)
+            prog = full if rows == batch else tail
+            ctx[LO] = (e * T if orders.shape[0] > 1 else 0) + lo
+            ctx[STEP] = t0 + steps + step + 1
+            for k in range(n_pre):
+                _call(prog[k, 0], prog[k, 1], prog[k, 2], rows)
+            if not (math.isfinite(fscal[LOSS]) and fscal[FINITE] != 0):
+                bad = step
+                break
+            for k in range(n_pre, prog.shape[0]):
+                _call(prog[k, 0], prog[k, 1], prog[k, 2], rows)
+            total += fscal[LOSS] * rows
+            step += 1
+        outs[e, 0], outs[e, 1], outs[e, 2], outs[e, 3] = total, step, bad, ctx[RIGHT]
+        steps += step
+        if bad >= 0:
             return e + 1
-        value = outs[e, 0] / T
+        value = total / T
         if tol >= 0 and abs(value - prev) < tol:
             return e + 1
         prev = value
