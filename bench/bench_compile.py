@@ -3,9 +3,15 @@
 "cold" points NUMBA_CACHE_DIR at a new, empty directory for every run, so every kernel the
 first fit needs is compiled; "warm" reuses a directory that setup filled by running the same
 script once, so the run loads cached machine code.
+
+Run as a script for the engine issue's cold-start table (seconds, each case in a fresh
+process, ``--rounds`` rounds, medians): ``python bench/bench_compile.py``.
 """
 
+import argparse
 import os
+import statistics
+import time
 import shutil
 import subprocess
 import sys
@@ -26,6 +32,20 @@ net = fb.Sequential(fb.Linear(64, 64), fb.Tanh(), fb.Linear(64, 10), fb.Softmax(
 fb.fit(net, X, d, loss=fb.KL(), optimizer=fb.SGD(lr=0.1), batch_size=32, epochs=1, tol=None,
        shuffle=False, progress=False)
 """
+
+
+NEW_ARCHITECTURE = FIRST_FIT.replace("fb.Linear(64, 64), fb.Tanh(), fb.Linear(64, 10)",
+                                     "fb.Linear(64, 48), fb.Tanh(), fb.Linear(48, 10)")
+
+SKLEARN_DIGITS = """
+from sklearn.datasets import load_digits
+from fastbp.sklearn import MLPClassifier
+
+X, y = load_digits(return_X_y=True)
+MLPClassifier(max_iter=20, random_state=0).fit(X / 16, y)
+"""
+
+DEMO = "from fastbp.cli import main; main(['demo'])"
 
 
 def run(code, cache_dir):
@@ -60,3 +80,36 @@ class Compile:
 
     def time_import_and_first_fit(self, cache):
         run(FIRST_FIT, self.cache_dir(cache))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    cases = [  # (name, code, cache: "cold", "warm" (the same code ran before) or "others")
+        ("import", IMPORT, "warm"),
+        ("import + first fit, 64-64-10 tanh float32, empty cache", FIRST_FIT, "cold"),
+        ("import + first fit, warm cache", FIRST_FIT, "warm"),
+        ("new architecture (64-48-10), cache warm from 64-64-10", NEW_ARCHITECTURE, "others"),
+        ("MLPClassifier().fit on the digits, empty cache", SKLEARN_DIGITS, "cold"),
+        ("fastbp demo, empty cache", DEMO, "cold"),
+    ]
+    times = {name: [] for name, _, _ in cases}
+    with tempfile.TemporaryDirectory(prefix="fastbp-bench-cache-") as root:
+        for r in range(args.rounds):
+            for name, code, cache in cases:
+                d = os.path.join(root, uuid.uuid4().hex)
+                if cache != "cold":
+                    run(FIRST_FIT if cache == "others" else code, d)
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-c", code], env=dict(
+                    os.environ, NUMBA_CACHE_DIR=d), check=True, capture_output=True)
+                times[name].append(time.perf_counter() - t)
+                shutil.rmtree(d, ignore_errors=True)
+    print(f"{'case':60s} {'median s':>9s}  runs")
+    for name, ts in times.items():
+        print(f"{name:60s} {statistics.median(ts):9.2f}  " + " ".join(f"{t:.2f}" for t in ts))
+
+
+if __name__ == "__main__":
+    main()

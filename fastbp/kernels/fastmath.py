@@ -32,6 +32,7 @@ from fractions import Fraction
 
 import numpy as np
 from numba import types
+from numba.extending import overload
 
 from .._config import INLINE, SERIAL, njit
 
@@ -483,60 +484,60 @@ def _softplus32(x):
 # public scalar functions: float32 in, float32 out; anything else is computed in float64
 
 
+def _by_dtype(x, f32, f64):
+    """f32(x) for a float32 x, else f64(float64(x)); in compiled code only."""
+    raise NotImplementedError("_by_dtype runs in compiled code only")
+
+
+@overload(_by_dtype, jit_options={k: v for k, v in INLINE.items() if k != "cache"})
+def _by_dtype_impl(x, f32, f64):
+    # Chosen while typing, so only the function for x's dtype is compiled (an ``isinstance``
+    # branch in the body had compiled both: 1.5 s instead of 0.7 for ftanh, measured).
+    if x == types.float32:
+        return lambda x, f32, f64: f32(x)
+    return lambda x, f32, f64: f64(np.float64(x))
+
+
 @njit(**INLINE)
 def fexp(x):
     """exp(x)."""
-    if isinstance(x, types.float32):
-        return _exp32(x)
-    return _exp64(np.float64(x))
+    return _by_dtype(x, _exp32, _exp64)
 
 
 @njit(**INLINE)
 def fexpm1(x):
     """exp(x) - 1, accurate for small |x| (ELU)."""
-    if isinstance(x, types.float32):
-        return _expm1_32(x)
-    return _expm1_64(np.float64(x))
+    return _by_dtype(x, _expm1_32, _expm1_64)
 
 
 @njit(**INLINE)
 def flog(x):
     """log(x); log(0) = -inf, log(x < 0) = NaN."""
-    if isinstance(x, types.float32):
-        return _log32(x)
-    return _log64(np.float64(x))
+    return _by_dtype(x, _log32, _log64)
 
 
 @njit(**INLINE)
 def flog1p(x):
     """log(1 + x), accurate for small |x|."""
-    if isinstance(x, types.float32):
-        return _log1p32(x)
-    return _log1p64(np.float64(x))
+    return _by_dtype(x, _log1p32, _log1p64)
 
 
 @njit(**INLINE)
 def ftanh(x):
     """tanh(x)."""
-    if isinstance(x, types.float32):
-        return _tanh32(x)
-    return _tanh64(np.float64(x))
+    return _by_dtype(x, _tanh32, _tanh64)
 
 
 @njit(**INLINE)
 def fsigmoid(x):
     """1 / (1 + exp(-x)), without overflow for large |x|."""
-    if isinstance(x, types.float32):
-        return _sigmoid32(x)
-    return _sigmoid64(np.float64(x))
+    return _by_dtype(x, _sigmoid32, _sigmoid64)
 
 
 @njit(**INLINE)
 def fsoftplus(x):
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), without overflow."""
-    if isinstance(x, types.float32):
-        return _softplus32(x)
-    return _softplus64(np.float64(x))
+    return _by_dtype(x, _softplus32, _softplus64)
 
 
 flog1p_exp = fsoftplus
