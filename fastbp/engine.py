@@ -5,24 +5,28 @@ import threading
 
 import numpy as np
 
-from ._config import serial_twin_of
-from .kernels import activations as KA
+from ._config import op_kernel, serial_twin_of
 from .kernels import dense as KD
 from .kernels import divergences as KDiv
 from .kernels import engine as KE
 from .kernels import optim as KO
 from .kernels import products as KP
-from .kernels import vector as KV
 from .losses import KL, L2, BinaryKL
 from .network import Sequential
-from .nodes import Linear, RReLU, Sigmoid, _Scalar
+from .nodes import Sigmoid, Unsupported
 from .optim import SGD, Adam
-from .products import MaxOver, PairProduct, PowerProduct, Product
+from .products import Product
 from .vector import Softmax
 
 
-class Unsupported(Exception):
-    """The network holds a node the engine cannot run (then the per-node path runs it)."""
+def _engine_op(node, tape):
+    """``node.engine_op(tape)``, where the class that states the op also computes the node;
+    a subclass that changes ``_apply`` or ``_backprop`` and not the op runs node by node."""
+    cls = type(node)
+    owner = next(c for c in cls.__mro__ if "engine_op" in vars(c))
+    if cls._apply is not owner._apply or cls._backprop is not owner._backprop:
+        raise Unsupported(f"{cls.__name__} computes otherwise than its engine op")
+    return node.engine_op(tape)
 
 
 class Op:
@@ -48,13 +52,13 @@ class Op:
         if self.linear:
             mode = KD.dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if mode == KD.LOOP_MODE:
-                return KE.kernel(KE.linear_forward_loops, dt, KERNEL=KD.dense_forward)
-            return KE.kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward_blas if
+                return op_kernel(KE.linear_forward_loops, dt, KERNEL=KD.dense_forward)
+            return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward_blas if
                              mode == KD.BLAS_MODE else KD.dense_forward_blas_serial)
         if self.forward is None:
             return None
         fn, leaf = self.forward
-        return KE.kernel(fn, dt, KERNEL=self._leaf(leaf, rows))
+        return op_kernel(fn, dt, KERNEL=self._leaf(leaf, rows))
 
     def backward_kernel(self, dt, rows):
         """The compiled backward op (None: nothing to do, no gradient wanted)."""
@@ -62,17 +66,17 @@ class Op:
         if self.linear:
             mode = KD.dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if mode == KD.LOOP_MODE:
-                return KE.kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
+                return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
                                  KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
             par = mode == KD.BLAS_MODE
-            return KE.kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params_blas if par
+            return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params_blas if par
                              else KD.dense_backward_params_blas_serial,
                              KERNEL2=KD.dense_backward_input_blas if par
                              else KD.dense_backward_input_blas_serial, NEED_DY=need_dy, BLAS=True)
         if self.backward is None or not need_dy:
             return None
         fn, leaf = self.backward
-        return KE.kernel(fn, dt) if leaf is None else KE.kernel(fn, dt,
+        return op_kernel(fn, dt) if leaf is None else op_kernel(fn, dt,
                                                                  KERNEL=self._leaf(leaf, rows))
 
 
@@ -133,7 +137,7 @@ class Tape:
         if isinstance(node, Sequential):
             y = self._emit_seq(node, x, gx)
             return y, y
-        if isinstance(node, Product):
+        if type(node) is Product:
             ga = self._register(n_in) if gx >= 0 else -1
             gb = self._register(n_in) if gx >= 0 else -1
             self._op(None, (KE.fork_backward, None), x, x, gx, -1, n_in, n_in,
@@ -146,39 +150,16 @@ class Tape:
                      (KE.mul_backward, KP.elementwise_product_backward), ya, y, ya, y, w, w,
                      {KE.A1: yb, KE.A2: yb}, (KE.A1, KE.A2))
             return y, y
+        op = _engine_op(node, self)
         n_out = node.infer(n_in)
         y = self._register(n_out)
-        ops = (x, y, gx, y, n_in, n_out)
-        if isinstance(node, Linear):
-            op = self._op(None, None, *ops, linear=True)
-            op.fields[KE.W] = self._offset(node, "W")
-            op.fields[KE.B] = self._offset(node, "b") if node.bias else -1
-        elif isinstance(node, RReLU) and self.train:
-            raise Unsupported("RReLU in training draws slopes from NumPy's generator")
-        elif isinstance(node, _Scalar):
-            self._op((KE.elementwise_forward, KA.FORWARD[node.kind]),
-                     (KE.elementwise_backward, KA.BACKWARD[node.kind]), *ops, p=node._p())
-        elif type(node) is Softmax:
-            self._op((KE.rows_forward, KV.softmax_forward),
-                     (KE.softmax_backward, KV.softmax_vjp), *ops)
-        elif type(node) is PairProduct:
-            self._op((KE.rows_forward, KP.pair_product_forward),
-                     (KE.pair_backward, KP.pair_product_backward), *ops)
-        elif type(node) is PowerProduct:
-            self._op((KE.power_forward, KP.power_product_forward),
-                     (KE.power_backward, KP.power_product_backward), *ops,
-                     {KE.A1: self._const(node.alpha)})
-        elif isinstance(node, MaxOver):
-            aux = {KE.A1: self._iconst(node.indptr), KE.A2: self._iconst(node.indices),
-                   KE.A3: len(self.iwidths)}
-            self.iwidths.append(n_out)
-            self._op((KE.max_forward, KP.max_forward), (KE.max_backward, KP.max_backward), *ops,
-                     aux)
-        else:
-            raise Unsupported(f"{type(node).__name__} is not a built-in node")
+        self._op(op.forward, op.backward, x, y, gx, y, n_in, n_out, dict(op.aux), p=op.p,
+                 linear=op.linear)
         return y, y
 
-    def _offset(self, node, attr):
+    # -- what nodes place (see Node.engine_op) -------------------------------------------------
+    def offset(self, node, attr):
+        """The offset of the parameter ``node.attr`` in the network's flat parameters."""
         view, flat = getattr(node, attr), self.net.flat_params
         o = (view.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) \
             // view.itemsize
@@ -187,15 +168,23 @@ class Tape:
                                f"(was it replaced by a new array? assign with W[...] = ...)")
         return o
 
-    def _const(self, a):
+    def const(self, a):
+        """The offset of the float constants ``a`` (raveled) in CONSTS."""
         o = sum(c.size for c in self.consts)
         self.consts.append(np.ravel(a))
         return o
 
-    def _iconst(self, a):
+    def iconst(self, a):
+        """The offset of the integer constants ``a`` (raveled) in ICONSTS."""
         o = sum(c.size for c in self.iconsts)
         self.iconsts.append(np.ravel(a).astype(np.int64))
         return o
+
+    def argmax(self, width):
+        """A block of ``width`` argmax indices per row in IACT (its index; each workspace places
+        it)."""
+        self.iwidths.append(int(width))
+        return len(self.iwidths) - 1
 
     def finish(self):
         dt = self.net.dtype
@@ -291,21 +280,21 @@ class Tape:
             return ws.programs[key]
         dt, loss_op = self.net.dtype.type, ws.loss_op.ctypes.data
         par = rows * self.n_out >= KE.PAR_MIN_WORK
-        calls = [(KE.kernel(KE.load_batch, dt, BY_LABEL=labels), 0)]
+        calls = [(op_kernel(KE.load_batch, dt, BY_LABEL=labels), 0)]
         calls += self._forward_calls(ws, dt, rows)
-        calls.append((KE.kernel(KE.loss, dt, KERNEL=loss[0] if par else serial_twin_of(loss[0]),
+        calls.append((op_kernel(KE.loss, dt, KERNEL=loss[0] if par else serial_twin_of(loss[0]),
                                 FUSED=loss[1], BY_LABEL=labels), loss_op))
         for k in range(last, -1, -1):
             kernel = self.ops[k].backward_kernel(dt, rows)
             if kernel is not None:
                 calls.append((kernel, ws.ops[k].ctypes.data))
         par = self.net.flat_params.size >= KE.PAR_MIN_WORK
-        calls.append((KE.kernel(KE.finite, dt, KERNEL=KO.all_finite if par
+        calls.append((op_kernel(KE.finite, dt, KERNEL=KO.all_finite if par
                                 else KO.all_finite_serial), 0))
         n_pre = len(calls)
         if count:
-            calls.append((KE.kernel(KE.correct, dt, BY_LABEL=labels), loss_op))
-        calls.append((KE.kernel(update[0], dt, KERNEL=update[1] if par
+            calls.append((op_kernel(KE.correct, dt, BY_LABEL=labels), loss_op))
+        calls.append((op_kernel(update[0], dt, KERNEL=update[1] if par
                                 else serial_twin_of(update[1])), 0))
         ws.programs[key] = self._calls(ws, calls), n_pre
         return ws.programs[key]

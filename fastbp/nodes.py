@@ -6,11 +6,25 @@ writes the node's parameter gradients). ``forward``/``backward`` wrap them for a
 :class:`fastbp.Sequential` keeps the contexts for a whole network.
 """
 
+from collections import namedtuple
+
 import numpy as np
 
 from . import _checks
 from .kernels import activations as KA
 from .kernels import dense as KD
+from .kernels import engine as KE
+
+
+class Unsupported(Exception):
+    """The engine cannot run a node (the per-node path runs it)."""
+
+
+class EngineOp(namedtuple("EngineOp", "forward backward aux p linear", defaults=((), 0.0, False))):
+    """A node's op in the engine (see ``Node.engine_op``): ``forward`` and ``backward`` are
+    (op function of :mod:`fastbp.kernels.engine`, leaf kernel) pairs or None, ``aux`` the op
+    row's auxiliary fields as (field, value) pairs, ``p`` its float parameter; ``linear``
+    marks the affine layer, whose kernels the engine picks by ``dense.dense_mode``."""
 
 
 class Node:
@@ -41,6 +55,14 @@ class Node:
         """An array that changes when an input crosses a point where the node is not
         differentiable (None for smooth nodes); gradcheck skips such perturbations."""
         return None
+
+    def engine_op(self, tape):
+        """This node's op in the compiled engine, an ``EngineOp``; ``tape`` places constants
+        (``tape.const``, ``tape.iconst``, ``tape.argmax``) and parameter offsets
+        (``tape.offset``), ``tape.train`` says whether it trains. Raises ``Unsupported`` where
+        the engine cannot run the node, which then runs node by node. A subclass that changes
+        ``_apply`` or ``_backprop`` without stating its own op runs node by node too."""
+        raise Unsupported(f"{type(self).__name__} is not a built-in node")
 
     # -- computation -----------------------------------------------------------------------
     def _apply(self, x, train):
@@ -133,6 +155,11 @@ class Linear(Node):
         KD.affine(y, self.W, self.b, z, np.empty((self.n_in, self.n_out), y.dtype))
         return z, y
 
+    def engine_op(self, tape):
+        return EngineOp(None, None, ((KE.W, tape.offset(self, "W")),
+                                     (KE.B, tape.offset(self, "b") if self.bias else -1)),
+                        linear=True)
+
     def _backprop(self, y, dz, need_dx=True):
         dy = np.empty_like(y)
         dzT = np.empty((self.n_out, dz.shape[0]), dz.dtype)
@@ -158,16 +185,20 @@ class _Scalar(Node):
     def _p(self):
         return 0.0
 
+    def engine_op(self, tape):
+        return EngineOp((KE.elementwise_forward, KA.FORWARD[self.kind]),
+                        (KE.elementwise_backward, KA.BACKWARD[self.kind]), p=self._p())
+
     def _apply(self, z, train):
         y = np.empty_like(z)
-        KA.scalar_forward(self.kind, self._p(), z.reshape(-1), y.reshape(-1))
+        KA.FORWARD[self.kind](self._p(), z.reshape(-1), y.reshape(-1))
         return y, (z, y)
 
     def _backprop(self, ctx, dy, need_dx=True):
         z, y = ctx
         dz = np.empty_like(z)
-        KA.scalar_backward(self.kind, self._p(), z.reshape(-1), y.reshape(-1), dy.reshape(-1),
-                           dz.reshape(-1))
+        KA.BACKWARD[self.kind](self._p(), z.reshape(-1), y.reshape(-1), dy.reshape(-1),
+                               dz.reshape(-1))
         return dz
 
     def config(self):
@@ -298,6 +329,11 @@ class RReLU(_Kinked):
 
     def _p(self):
         return (self.lower + self.upper) / 2
+
+    def engine_op(self, tape):
+        if tape.train:
+            raise Unsupported("RReLU in training draws slopes from NumPy's generator")
+        return super().engine_op(tape)
 
     def _apply(self, z, train):
         if not train:

@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from .kernels import engine as KE
 from .kernels import products as KP
-from .nodes import Node
+from .nodes import EngineOp, Node
 
 
 class PairProduct(Node):
@@ -20,6 +21,10 @@ class PairProduct(Node):
         if n_in is not None and n_in % 2:
             raise ValueError(f"PairProduct needs an even input width, got {n_in}")
         return None if n_in is None else n_in // 2
+
+    def engine_op(self, tape):
+        return EngineOp((KE.rows_forward, KP.pair_product_forward),
+                        (KE.pair_backward, KP.pair_product_backward))
 
     def _apply(self, z, train):
         if z.shape[1] % 2:
@@ -67,6 +72,11 @@ class PowerProduct(Node):
             raise ValueError(f"PowerProduct with alpha of shape {self.alpha.shape} needs "
                              f"{self.alpha.shape[0]} inputs, receives {n_in}")
         return self.alpha.shape[1]
+
+    def engine_op(self, tape):
+        return EngineOp((KE.power_forward, KP.power_product_forward),
+                        (KE.power_backward, KP.power_product_backward),
+                        ((KE.A1, tape.const(self.alpha)),))
 
     def _alpha(self, dtype):
         if dtype not in self._cast:
@@ -187,6 +197,11 @@ class MaxOver(Node):
         if n_in is not None and top >= n_in:
             raise ValueError(f"MaxOver refers to input {top} but receives only {n_in} inputs")
         return len(self.subsets)
+
+    def engine_op(self, tape):
+        return EngineOp((KE.max_forward, KP.max_forward), (KE.max_backward, KP.max_backward),
+                        ((KE.A1, tape.iconst(self.indptr)), (KE.A2, tape.iconst(self.indices)),
+                         (KE.A3, tape.argmax(len(self.subsets)))))
 
     def _apply(self, z, train):
         self.infer(z.shape[1])

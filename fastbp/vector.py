@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from .kernels import engine as KE
 from .kernels import vector as KV
-from .nodes import Node
+from .nodes import EngineOp, Node
 
 
 class Softmax(Node):
@@ -20,6 +21,10 @@ class Softmax(Node):
     """
 
     keeps_width = True
+
+    def engine_op(self, tape):
+        return EngineOp((KE.rows_forward, KV.softmax_forward),
+                        (KE.softmax_backward, KV.softmax_vjp))
 
     def _apply(self, z, train):
         y = np.empty_like(z)

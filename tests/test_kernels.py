@@ -10,6 +10,7 @@ reuse the signatures the library compiles anyway.
 import importlib
 import math
 import pkgutil
+import types
 
 import numpy as np
 import pytest
@@ -45,6 +46,23 @@ SCALAR_KINDS = {  # reference name: (kernel kind, parameter)
 }
 
 
+def _scalar_forward(kind, p, z, y):
+    """The activation ``kind``'s forward kernel, as the nodes call it."""
+    KA.FORWARD[kind](p, z, y)
+
+
+def _scalar_backward(kind, p, z, y, dy, dz):
+    KA.BACKWARD[kind](p, z, y, dy, dz)
+
+
+# The per-kind kernels and their serial twins under one name each, for the twin test.
+_ACTIVATIONS = types.SimpleNamespace(
+    scalar_forward=_scalar_forward, scalar_backward=_scalar_backward,
+    scalar_forward_serial=lambda kind, p, z, y: KA.FORWARD_SERIAL[kind](p, z, y),
+    scalar_backward_serial=lambda kind, p, z, y, dy, dz: KA.BACKWARD_SERIAL[kind](p, z, y, dy,
+                                                                                   dz))
+
+
 def _data(rng, shape, dtype, zero_row=True, scale=1.0):
     """Normal data in ``dtype``, with row 1 (or row 0 of a one-row array: column 0) all zero."""
     a = (scale * rng.normal(size=shape)).astype(dtype)
@@ -68,7 +86,7 @@ TESTED = {
     "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "dense_forward", "dense_backward_params",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas", "affine", "affine_backward"},
-    # scalar_forward/backward run elementwise_forward/backward made for each kind
+    # FORWARD/BACKWARD hold elementwise_forward/backward made for each kind
     "activations": {"_gelu", "_dgelu", "elementwise_forward", "elementwise_backward",
                     *(f"_{n}" for n in ("identity", "sigmoid", "tanh", "relu", "leaky_relu",
                                         "softplus", "elu", "gelu_p")),
@@ -264,8 +282,8 @@ def test_scalar_forward_backward(rng, dtype, shape, name):
     dy = _data(rng, shape, dtype)
     y = np.full(shape, np.nan, dtype)
     dz = np.full(shape, np.nan, dtype)
-    KA.scalar_forward(kind, p, z.reshape(-1), y.reshape(-1))
-    KA.scalar_backward(kind, p, z.reshape(-1), y.reshape(-1), dy.reshape(-1), dz.reshape(-1))
+    _scalar_forward(kind, p, z.reshape(-1), y.reshape(-1))
+    _scalar_backward(kind, p, z.reshape(-1), y.reshape(-1), dy.reshape(-1), dz.reshape(-1))
     zz = _up(z)
     # f and f' are sums of O(1 + |z|) terms (1 + erf, y + alpha, 1 - y^2): atol scaled to them
     R.assert_close(y, R.scalar_forward(name, zz, p), dtype, 1 + np.abs(zz), what=f"{name} y")
@@ -279,8 +297,8 @@ def test_relu_subgradient_at_zero(dtype, grad_at_zero):
     """The seed: f'(z) = 1 for z >= 0; ``grad_at_zero`` selects f'(0) (0 as in PyTorch)."""
     z = np.array([-1.0, 0.0, -0.0, 1.0], dtype)
     y, dz = np.empty_like(z), np.empty_like(z)
-    KA.scalar_forward(KA.RELU, grad_at_zero, z, y)
-    KA.scalar_backward(KA.RELU, grad_at_zero, z, y, np.ones_like(z), dz)
+    _scalar_forward(KA.RELU, grad_at_zero, z, y)
+    _scalar_backward(KA.RELU, grad_at_zero, z, y, np.ones_like(z), dz)
     np.testing.assert_array_equal(y, [0, 0, 0, 1])
     np.testing.assert_array_equal(dz, [0, grad_at_zero, grad_at_zero, 1])
 
@@ -289,8 +307,8 @@ def test_relu_subgradient_at_zero(dtype, grad_at_zero):
 def test_leaky_relu_kink_uses_the_seed_convention(dtype):
     z = np.array([-2.0, 0.0, 3.0], dtype)
     y, dz = np.empty_like(z), np.empty_like(z)
-    KA.scalar_forward(KA.LEAKY_RELU, 0.01, z, y)
-    KA.scalar_backward(KA.LEAKY_RELU, 0.01, z, y, np.ones_like(z), dz)
+    _scalar_forward(KA.LEAKY_RELU, 0.01, z, y)
+    _scalar_backward(KA.LEAKY_RELU, 0.01, z, y, np.ones_like(z), dz)
     np.testing.assert_array_equal(dz, np.array([0.01, 1, 1], dtype))
     np.testing.assert_array_equal(y, np.array([-0.02, 0, 3], dtype))
 
@@ -301,8 +319,8 @@ def test_scalar_extremes_are_finite(name):
     kind, p = SCALAR_KINDS[name]
     z = np.array([-1000.0, 1000.0, -745.0, 710.0])
     y, dz = np.empty_like(z), np.empty_like(z)
-    KA.scalar_forward(kind, p, z, y)
-    KA.scalar_backward(kind, p, z, y, np.ones_like(z), dz)
+    _scalar_forward(kind, p, z, y)
+    _scalar_backward(kind, p, z, y, np.ones_like(z), dz)
     assert np.isfinite(y).all() and np.isfinite(dz).all(), (y, dz)
     R.assert_close(y, R.scalar_forward(name, z, p), scale=1 + np.abs(z), what=f"{name} y")
 
@@ -313,7 +331,7 @@ def test_scalar_forward_propagates_nan(name):
     kind, p = SCALAR_KINDS[name]
     z = np.array([np.nan, 1.0])
     y = np.empty_like(z)
-    KA.scalar_forward(kind, p, z, y)
+    _scalar_forward(kind, p, z, y)
     assert np.isnan(y[0]) and not np.isnan(y[1])
 
 
@@ -324,8 +342,8 @@ def test_scalar_leaves(name):
     f, df = R.SCALAR[name]
     for z in (-3.5, -0.25, 0.0, 0.75, 4.0):
         zz, y, dz = np.array([z]), np.empty(1), np.empty(1)
-        KA.scalar_forward(kind, p, zz, y)
-        KA.scalar_backward(kind, p, zz, y, np.ones(1), dz)
+        _scalar_forward(kind, p, zz, y)
+        _scalar_backward(kind, p, zz, y, np.ones(1), dz)
         R.assert_close(y[0], f(z, p), scale=1 + abs(z), what=f"{name} f({z})")
         R.assert_close(dz[0], df(z, p), scale=1 + abs(z), what=f"{name} f'({z})")
     for z in (-1000.0, -3.0, 0.0, 2.0, 1000.0):
@@ -608,7 +626,7 @@ def test_fused_softmax_kl_kernels(rng, dtype, shape):
 def test_fused_sigmoid_binary_kl_kernel(rng, dtype, shape):
     z = _data(rng, shape, dtype, scale=3.0)
     y = np.empty_like(z)
-    KA.scalar_forward(KA.SIGMOID, 0.0, z.reshape(-1), y.reshape(-1))
+    _scalar_forward(KA.SIGMOID, 0.0, z.reshape(-1), y.reshape(-1))
     d = rng.uniform(0, 1, size=shape).astype(dtype)
     d.reshape(-1)[:2] = [1, 0][: d.size]
     T = shape[0]
@@ -632,7 +650,7 @@ def test_fused_kernels_at_logits_of_1000():
     R.assert_close(div[0], 1000.0 + math.log(0.5))
     np.testing.assert_array_equal(dz, [[0.5, -0.5]])
     ys = np.empty_like(z)
-    KA.scalar_forward(KA.SIGMOID, 0.0, z.reshape(-1), ys.reshape(-1))
+    _scalar_forward(KA.SIGMOID, 0.0, z.reshape(-1), ys.reshape(-1))
     KDiv.sigmoid_binary_kl(z, ys, np.array([[0.0, 1.0]]), div, dz, 1.0)
     assert div[0] == 2000.0
     np.testing.assert_array_equal(dz, [[1.0, -1.0]])
@@ -670,8 +688,8 @@ def _twin_args(name, rng, dtype):
         "dense_forward_blas": (KD, (f(300, D), f(M, D), f(M), e(300, M)), (3,)),
         "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
         "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
-        "scalar_forward": (KA, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),
-        "scalar_backward": (KA, (KA.RELU, 1.0, f(T * D), f(T * D), f(T * D), e(T * D)), (5,)),
+        "scalar_forward": (_ACTIVATIONS, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),
+        "scalar_backward": (_ACTIVATIONS, (KA.RELU, 1.0, f(T * D), f(T * D), f(T * D), e(T * D)), (5,)),
         "softmax_forward": (KV, (f(T, D), e(T, D)), (1,)),
         "softmax_vjp": (KV, (P, f(T, D), e(T, D)), (2,)),
         "elementwise_product_forward": (KP, (f(D), f(D), e(D)), (2,)),

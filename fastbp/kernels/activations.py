@@ -148,26 +148,6 @@ FORWARD_SERIAL = {k: serial_twin(v) for k, v in FORWARD.items()}
 BACKWARD_SERIAL = {k: serial_twin(v) for k, v in BACKWARD.items()}
 
 
-def scalar_forward(kind, p, z, y):
-    """y[i] = f(z[i]) over flat arrays, f the activation ``kind`` with parameter p."""
-    FORWARD[kind](p, z, y)
-
-
-def scalar_backward(kind, p, z, y, dy, dz):
-    """dz[i] = dy[i] f'(z[i]) over flat arrays, f' from z and y = f(z)."""
-    BACKWARD[kind](p, z, y, dy, dz)
-
-
-def scalar_forward_serial(kind, p, z, y):
-    """``scalar_forward`` on the calling thread."""
-    FORWARD_SERIAL[kind](p, z, y)
-
-
-def scalar_backward_serial(kind, p, z, y, dy, dz):
-    """``scalar_backward`` on the calling thread."""
-    BACKWARD_SERIAL[kind](p, z, y, dy, dz)
-
-
 @njit(**PARALLEL)
 def rrelu_forward(z, a, y):
     """Randomized leaky ReLU in training: y[i] = z[i] if z[i] >= 0 else a[i] z[i]."""

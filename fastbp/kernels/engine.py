@@ -18,15 +18,12 @@ Offsets count elements of the buffer's dtype. A program is an int64 array of cal
 ``(kernel address, ctx, op)`` each, built in :mod:`fastbp.engine`.
 """
 
-import functools
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import carray, types
-from numba.extending import intrinsic
+from numba import carray
 
-from .._config import SERIAL, njit, op_kernel
+from .._config import OP, SERIAL, call_op, njit, pointer
 from . import divergences as KDiv
 from . import optim as KO
 
@@ -48,44 +45,19 @@ IN, OUT, GIN, GOUT, N_IN, N_OUT, W, B, A1, A2, A3, K = range(12)
 N_OP = 12
 
 
-@intrinsic
-def _call(typingctx, fn, ctx, op, rows):
-    """Call the op kernel at address ``fn``."""
-    sig = types.void(fn, ctx, op, rows)
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(64)] * 3)
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _at(typingctx, addr, offset, dt):
-    """A pointer to element ``offset`` of the ``dt`` buffer at address ``addr``."""
-    sig = types.CPointer(dt.dtype)(addr, offset, dt)
-
-    def codegen(context, builder, signature, args):
-        p = builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-        return builder.gep(p, [args[1]])
-
-    return sig, codegen
-
-
 @njit(**SERIAL)
 def _ints(addr, offset, n):
-    return carray(_at(addr, offset, np.int64), n)
+    return carray(pointer(addr, offset, np.int64), n)
 
 
 @njit(**SERIAL)
 def _vec(addr, offset, n, dt):
-    return carray(_at(addr, offset, dt), n)
+    return carray(pointer(addr, offset, dt), n)
 
 
 @njit(**SERIAL)
 def _mat(addr, offset, r, c, dt):
-    return carray(_at(addr, offset, dt), (r, c))
+    return carray(pointer(addr, offset, dt), (r, c))
 
 
 @njit(**SERIAL)
@@ -94,21 +66,16 @@ def _fields(ctx, op):
 
 
 # ---------------------------------------------------------------------------------------------
-# Op kernels. ``kernel(op, dtype, **leaves)`` compiles a copy of an op function with these
+# Op functions. ``_config.op_kernel(op, dtype, **leaves)`` compiles a copy of one with these
 # globals bound (numba compiles globals as constants, and drops branches on them before it
-# types anything): DT the dtype, KERNEL/KERNEL2 the leaf kernels it calls, and its flags (NEED_DY, BY_LABEL,
-# FUSED, BLAS).
+# types anything): DT the dtype, KERNEL/KERNEL2 the leaf kernels it calls, and its flags
+# (NEED_DY, BY_LABEL, FUSED, BLAS).
 # ---------------------------------------------------------------------------------------------
 DT = KERNEL = KERNEL2 = None
 NEED_DY = BY_LABEL = FUSED = BLAS = False
 
 
-@functools.cache
-def kernel(op, dtype, **consts):
-    """The op function ``op`` compiled for ``dtype`` with the globals ``consts`` (cached)."""
-    return op_kernel(op, DT=dtype, **consts)
-
-
+@njit(**OP)
 def load_batch(ctx, op, rows):
     """Rows ``order[LO:LO + rows]`` of X into the input register (offset 0), their labels into
     BLABELS (BY_LABEL) or their target rows into BD."""
@@ -129,6 +96,7 @@ def load_batch(ctx, op, rows):
                 bd[r, j] = d[j]
 
 
+@njit(**OP)
 def linear_forward(ctx, op, rows):
     """z = y W^T + b by a dense BLAS kernel KERNEL(y, W, b, z)."""
     c, o = _fields(ctx, op)
@@ -138,6 +106,7 @@ def linear_forward(ctx, op, rows):
            _mat(c[ACT], o[OUT], rows, n_out, DT))
 
 
+@njit(**OP)
 def linear_forward_loops(ctx, op, rows):
     """z = y W^T + b by the loop kernel KERNEL(y, W, b, z, W^T scratch)."""
     c, o = _fields(ctx, op)
@@ -147,6 +116,7 @@ def linear_forward_loops(ctx, op, rows):
            _mat(c[ACT], o[OUT], rows, n_out, DT), _mat(c[SCRATCH], 0, n_in, n_out, DT))
 
 
+@njit(**OP)
 def linear_backward(ctx, op, rows):
     """dW, db by KERNEL(dz, y, dW, db, dz^T scratch) (BLAS) or KERNEL(dz, y, dW, db) (the loop
     kernel), and if NEED_DY, dy at GIN by KERNEL2(dz, W, dy)."""
@@ -163,6 +133,7 @@ def linear_backward(ctx, op, rows):
         KERNEL2(dz, _mat(c[PARAMS], o[W], n_out, n_in, DT), _mat(c[GRAD], o[GIN], rows, n_in, DT))
 
 
+@njit(**OP)
 def elementwise_forward(ctx, op, rows):
     """y = f(z) over the flat registers: KERNEL(p, z, y), p the op's float parameter."""
     c, o = _fields(ctx, op)
@@ -171,6 +142,7 @@ def elementwise_forward(ctx, op, rows):
            _vec(c[ACT], o[OUT], n, DT))
 
 
+@njit(**OP)
 def elementwise_backward(ctx, op, rows):
     """dz = dy f'(z): KERNEL(p, z, y, dy, dz) over the flat registers."""
     c, o = _fields(ctx, op)
@@ -180,12 +152,14 @@ def elementwise_backward(ctx, op, rows):
            _vec(c[GRAD], o[GIN], n, DT))
 
 
+@njit(**OP)
 def rows_forward(ctx, op, rows):
     """y = f(z) row by row (softmax, pair products): KERNEL(z, y)."""
     c, o = _fields(ctx, op)
     KERNEL(_mat(c[ACT], o[IN], rows, o[N_IN], DT), _mat(c[ACT], o[OUT], rows, o[N_OUT], DT))
 
 
+@njit(**OP)
 def softmax_backward(ctx, op, rows):
     """dz from y and dy: KERNEL(y, dy, dz)."""
     c, o = _fields(ctx, op)
@@ -194,6 +168,7 @@ def softmax_backward(ctx, op, rows):
            _mat(c[GRAD], o[GIN], rows, n, DT))
 
 
+@njit(**OP)
 def pair_backward(ctx, op, rows):
     """dz from z and dy: KERNEL(z, dy, dz)."""
     c, o = _fields(ctx, op)
@@ -201,6 +176,7 @@ def pair_backward(ctx, op, rows):
            _mat(c[GRAD], o[GIN], rows, o[N_IN], DT))
 
 
+@njit(**OP)
 def mul_forward(ctx, op, rows):
     """y = a * b: KERNEL(a, b, y), a at IN, b at A1 (activations)."""
     c, o = _fields(ctx, op)
@@ -208,6 +184,7 @@ def mul_forward(ctx, op, rows):
     KERNEL(_vec(c[ACT], o[IN], n, DT), _vec(c[ACT], o[A1], n, DT), _vec(c[ACT], o[OUT], n, DT))
 
 
+@njit(**OP)
 def mul_backward(ctx, op, rows):
     """da at GIN and db at A2 (gradients) from dy at GOUT: KERNEL(a, b, dy, da, db)."""
     c, o = _fields(ctx, op)
@@ -217,6 +194,7 @@ def mul_backward(ctx, op, rows):
            _vec(c[GRAD], o[A2], n, DT))
 
 
+@njit(**OP)
 def fork_backward(ctx, op, rows):
     """The gradient at GIN is the sum of the two branches' gradients at A1 and A2."""
     c, o = _fields(ctx, op)
@@ -227,6 +205,7 @@ def fork_backward(ctx, op, rows):
         g[i] = ga[i] + gb[i]
 
 
+@njit(**OP)
 def power_forward(ctx, op, rows):
     """y_i = prod_l z_l^alpha_li, alpha of shape (N_IN, N_OUT) at A1 in CONSTS."""
     c, o = _fields(ctx, op)
@@ -234,6 +213,7 @@ def power_forward(ctx, op, rows):
            _mat(c[ACT], o[OUT], rows, o[N_OUT], DT))
 
 
+@njit(**OP)
 def power_backward(ctx, op, rows):
     c, o = _fields(ctx, op)
     z = _mat(c[ACT], o[IN], rows, o[N_IN], DT)
@@ -242,6 +222,7 @@ def power_backward(ctx, op, rows):
            np.empty_like(z))
 
 
+@njit(**OP)
 def max_forward(ctx, op, rows):
     """y_i = max over a subset of z: the subsets' CSR indptr at A1 and indices at A2 in
     ICONSTS; the argmax of each output at A3 in IACT."""
@@ -250,16 +231,18 @@ def max_forward(ctx, op, rows):
     indptr = _ints(c[ICONSTS], o[A1], m + 1)
     KERNEL(_mat(c[ACT], o[IN], rows, o[N_IN], DT), indptr,
            _ints(c[ICONSTS], o[A2], indptr[m]), _mat(c[ACT], o[OUT], rows, m, DT),
-           carray(_at(c[IACT], o[A3], np.int64), (rows, m)))
+           carray(pointer(c[IACT], o[A3], np.int64), (rows, m)))
 
 
+@njit(**OP)
 def max_backward(ctx, op, rows):
     c, o = _fields(ctx, op)
     m = o[N_OUT]
-    KERNEL(_mat(c[GRAD], o[GOUT], rows, m, DT), carray(_at(c[IACT], o[A3], np.int64), (rows, m)),
+    KERNEL(_mat(c[GRAD], o[GOUT], rows, m, DT), carray(pointer(c[IACT], o[A3], np.int64), (rows, m)),
            _mat(c[GRAD], o[GIN], rows, o[N_IN], DT))
 
 
+@njit(**OP)
 def loss(ctx, op, rows):
     """The batch's mean divergence into FSCAL[LOSS] and its gradient, by KERNEL(Y, target, div,
     dY, 1 / rows) into GOUT or, FUSED, by KERNEL(z, Y, target, div, dz, 1 / rows) into GIN (z the
@@ -282,14 +265,16 @@ def loss(ctx, op, rows):
     _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LOSS] = KDiv.mean(dv)
 
 
+@njit(**OP)
 def finite(ctx, op, rows):
     """FSCAL[FINITE] = 1 if the parameters' gradient holds no NaN or inf (KERNEL(g, ok)), else 0."""
     c = _ints(ctx, 0, N_CTX)
     good = KERNEL(_vec(c[GRADS], 0, c[N_PARAMS], DT),
-                  carray(_at(c[OK], 0, np.bool_), -(-c[N_PARAMS] // KO.FINITE_BLOCK)))
+                  carray(pointer(c[OK], 0, np.bool_), -(-c[N_PARAMS] // KO.FINITE_BLOCK)))
     _vec(c[FSCAL], 0, N_FSCAL, np.float64)[FINITE] = 1.0 if good else 0.0
 
 
+@njit(**OP)
 def correct(ctx, op, rows):
     """Adds the rows of the batch classified right to ctx[RIGHT] (the output at OUT)."""
     c, o = _fields(ctx, op)
@@ -298,6 +283,7 @@ def correct(ctx, op, rows):
                              _mat(c[BD], 0, rows, c[D_W], DT))
 
 
+@njit(**OP)
 def sgd(ctx, op, rows):
     """SGD's step by KERNEL(p, g, v, lr, momentum, nesterov, weight decay), the
     hyper-parameters in HYPER, the learning rate in FSCAL[LR]."""
@@ -308,6 +294,7 @@ def sgd(ctx, op, rows):
            _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR], h[0], h[1] != 0, h[2])
 
 
+@njit(**OP)
 def adam(ctx, op, rows):
     """Adam's step by KERNEL(p, g, m, v, lr, beta1, beta2, eps, weight decay, t), t the step
     number in ctx[STEP]."""
@@ -326,7 +313,7 @@ def adam(ctx, op, rows):
 def run(prog, rows):
     """Every call of the program, in order, on ``rows`` rows."""
     for k in range(prog.shape[0]):
-        _call(prog[k, 0], prog[k, 1], prog[k, 2], rows)
+        call_op(prog[k, 0], prog[k, 1], prog[k, 2], rows)
 
 
 @njit(**SERIAL)
@@ -352,12 +339,12 @@ def train_epochs(ctx, fscal, full, tail, n_pre, orders, batch, lrs, tol, prev, o
             ctx[LO] = (e * T if orders.shape[0] > 1 else 0) + lo
             ctx[STEP] = t0 + steps + step + 1
             for k in range(n_pre):
-                _call(prog[k, 0], prog[k, 1], prog[k, 2], rows)
+                call_op(prog[k, 0], prog[k, 1], prog[k, 2], rows)
             if not (math.isfinite(fscal[LOSS]) and fscal[FINITE] != 0):
                 bad = step
                 break
             for k in range(n_pre, prog.shape[0]):
-                _call(prog[k, 0], prog[k, 1], prog[k, 2], rows)
+                call_op(prog[k, 0], prog[k, 1], prog[k, 2], rows)
             total += fscal[LOSS] * rows
             step += 1
         outs[e, 0], outs[e, 1], outs[e, 2], outs[e, 3] = total, step, bad, ctx[RIGHT]

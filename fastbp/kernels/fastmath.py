@@ -31,10 +31,8 @@ exact IEEE arithmetic. Called normally, LLVM inlines them with their own strict 
 from fractions import Fraction
 
 import numpy as np
-from numba import types
-from numba.extending import overload
 
-from .._config import INLINE, SERIAL, njit
+from .._config import INLINE, SERIAL, by_dtype, njit
 
 
 # Max error in ulp against the exact value, as measured by tests/test_fastmath.py (asserted).
@@ -484,60 +482,46 @@ def _softplus32(x):
 # public scalar functions: float32 in, float32 out; anything else is computed in float64
 
 
-def _by_dtype(x, f32, f64):
-    """f32(x) for a float32 x, else f64(float64(x)); in compiled code only."""
-    raise NotImplementedError("_by_dtype runs in compiled code only")
-
-
-@overload(_by_dtype, jit_options={k: v for k, v in INLINE.items() if k != "cache"})
-def _by_dtype_impl(x, f32, f64):
-    # Chosen while typing, so only the function for x's dtype is compiled (an ``isinstance``
-    # branch in the body had compiled both: 1.5 s instead of 0.7 for ftanh, measured).
-    if x == types.float32:
-        return lambda x, f32, f64: f32(x)
-    return lambda x, f32, f64: f64(np.float64(x))
-
-
 @njit(**INLINE)
 def fexp(x):
     """exp(x)."""
-    return _by_dtype(x, _exp32, _exp64)
+    return by_dtype(x, _exp32, _exp64)
 
 
 @njit(**INLINE)
 def fexpm1(x):
     """exp(x) - 1, accurate for small |x| (ELU)."""
-    return _by_dtype(x, _expm1_32, _expm1_64)
+    return by_dtype(x, _expm1_32, _expm1_64)
 
 
 @njit(**INLINE)
 def flog(x):
     """log(x); log(0) = -inf, log(x < 0) = NaN."""
-    return _by_dtype(x, _log32, _log64)
+    return by_dtype(x, _log32, _log64)
 
 
 @njit(**INLINE)
 def flog1p(x):
     """log(1 + x), accurate for small |x|."""
-    return _by_dtype(x, _log1p32, _log1p64)
+    return by_dtype(x, _log1p32, _log1p64)
 
 
 @njit(**INLINE)
 def ftanh(x):
     """tanh(x)."""
-    return _by_dtype(x, _tanh32, _tanh64)
+    return by_dtype(x, _tanh32, _tanh64)
 
 
 @njit(**INLINE)
 def fsigmoid(x):
     """1 / (1 + exp(-x)), without overflow for large |x|."""
-    return _by_dtype(x, _sigmoid32, _sigmoid64)
+    return by_dtype(x, _sigmoid32, _sigmoid64)
 
 
 @njit(**INLINE)
 def fsoftplus(x):
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), without overflow."""
-    return _by_dtype(x, _softplus32, _softplus64)
+    return by_dtype(x, _softplus32, _softplus64)
 
 
 flog1p_exp = fsoftplus

@@ -3,10 +3,9 @@
 import math
 
 import numpy as np
-from numba import prange, types
-from numba.extending import overload
+from numba import prange
 
-from .._config import PARALLEL, SERIAL, njit, serial_twin
+from .._config import PARALLEL, SERIAL, by_dtype, njit, serial_twin
 
 FINITE_BLOCK = 1 << 14  # elements per block of ``all_finite``
 
@@ -47,25 +46,21 @@ def _bits_finite(bits, magnitude, inf):
     return m < inf
 
 
-def _as_bits(a):
-    """(a seen as unsigned ints, the magnitude mask, inf's bits); in compiled code only."""
-    raise NotImplementedError("_as_bits runs in compiled code only")
+@njit(**SERIAL)
+def _finite32(a):
+    return _bits_finite(a.view(np.uint32), np.uint32(0x7FFFFFFF), np.uint32(0x7F800000))
 
 
-@overload(_as_bits)
-def _as_bits_impl(a):
-    # Chosen while typing: only a's width is compiled (a branch on a.itemsize compiled both).
-    if a.dtype == types.float32:
-        return lambda a: (a.view(np.uint32), np.uint32(0x7FFFFFFF), np.uint32(0x7F800000))
-    return lambda a: (a.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF),
-                      np.uint64(0x7FF0000000000000))
+@njit(**SERIAL)
+def _finite64(a):
+    return _bits_finite(a.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF),
+                        np.uint64(0x7FF0000000000000))
 
 
 @njit(**SERIAL)
 def _block_finite(a, lo, hi):
-    """a[lo:hi] holds no NaN or inf."""
-    bits, magnitude, inf = _as_bits(a[lo:hi])
-    return _bits_finite(bits, magnitude, inf)
+    """a[lo:hi] holds no NaN or inf (only a's width is compiled: ``by_dtype``)."""
+    return by_dtype(a[lo:hi], _finite32, _finite64)
 
 
 @njit(**PARALLEL)
