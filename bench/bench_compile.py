@@ -29,8 +29,8 @@ X = rng.standard_normal((256, 64)).astype(np.float32)
 d = rng.integers(0, 10, 256)
 net = fb.Sequential(fb.Linear(64, 64), fb.Tanh(), fb.Linear(64, 10), fb.Softmax(),
                     dtype=np.float32, seed=0)
-fb.fit(net, X, d, loss=fb.KL(), optimizer=fb.SGD(lr=0.1), batch_size=32, epochs=1, tol=None,
-       shuffle=False, progress=False)
+fb.fit(net, X, d, loss=fb.KL(), optimizer=fb.SGD(lr=0.1), batch_size=32, epochs=3, tol=None,
+       progress=False)
 """
 
 
@@ -88,7 +88,7 @@ def main():
     args = ap.parse_args()
     cases = [  # (name, code, cache: "cold", "warm" (the same code ran before) or "others")
         ("import", IMPORT, "warm"),
-        ("import + first fit, 64-64-10 tanh float32, empty cache", FIRST_FIT, "cold"),
+        ("import + first fit, 64-64-10 tanh float32, 3 epochs, empty cache", FIRST_FIT, "cold"),
         ("import + first fit, warm cache", FIRST_FIT, "warm"),
         ("new architecture (64-48-10), cache warm from 64-64-10", NEW_ARCHITECTURE, "others"),
         ("MLPClassifier().fit on the digits, empty cache", SKLEARN_DIGITS, "cold"),

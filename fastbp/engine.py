@@ -395,6 +395,7 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
     done = KE.train_epochs(c, ws.fscal, full, tail, n_pre, orders, batch,
                            np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
                            np.nan if prev is None else float(prev), outs, opt.t)
+    c[[KE.X, KE.ORDER, KE.LABELS, KE.D, KE.HYPER]] = 0  # this call's arrays: not kept
     opt.t += int(outs[:done, 1].sum())
     return outs[:done]
 

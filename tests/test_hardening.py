@@ -61,7 +61,7 @@ from fastbp.kernels import dense as KD
 from fastbp import engine as E
 from fastbp.kernels import engine as KE
 
-T, D, H, K, BATCH = 800, 300, 200, 10, 400
+T, D, H, K, BATCH = 800, 300, 300, 10, 400
 
 
 def check_sizes_take_the_parallel_kernels():

@@ -83,7 +83,7 @@ def _up(a):
 # Coverage: every kernel in the numeric kernel modules is exercised by a test below
 # ==============================================================================================
 TESTED = {
-    "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "dense_forward", "dense_backward_params",
+    "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "unit_block", "dense_forward", "dense_backward_params",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas", "affine", "affine_backward"},
     # FORWARD/BACKWARD hold elementwise_forward/backward made for each kind
@@ -208,14 +208,15 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert KD.dense_mode(2, 16, 16) == KD.BLAS_SERIAL_MODE  # 2^9
     assert KD.dense_mode(1, 10, 256) == KD.BLAS_SERIAL_MODE  # one row of W6's output layer
     assert KD.dense_mode(8, 128, 64) == KD.BLAS_SERIAL_MODE  # 2^16: too little to split
-    assert KD.dense_mode(8, 256, 512) == KD.BLAS_MODE  # 2^20 in four blocks of units
-    assert KD.dense_mode(512, 64, 64) == KD.BLAS_MODE  # 2^21 in two blocks of rows
-    assert KD.dense_mode(256, 64, 64) == KD.BLAS_MODE  # 2^20 in two blocks of 128 rows
-    assert KD.dense_mode(64, 64, 256) == KD.BLAS_SERIAL_MODE  # 2^20 but one block
-    assert KD.dense_mode(32, 64, 512) == KD.BLAS_SERIAL_MODE  # 2^20 but one block
+    assert KD.PAR_MIN_WORK == 1 << 24
+    assert KD.dense_mode(8, 256, 8192) == KD.BLAS_MODE  # 2^24 in four blocks of units
+    assert KD.dense_mode(512, 256, 128) == KD.BLAS_MODE  # 2^24 in two blocks of rows
+    assert KD.dense_mode(256, 256, 128) == KD.BLAS_SERIAL_MODE  # 2^23: too little to split
+    assert KD.dense_mode(64, 64, 4096) == KD.BLAS_SERIAL_MODE  # 2^24 but one block
+    assert KD.dense_mode(32, 64, 8192) == KD.BLAS_SERIAL_MODE  # 2^24 but one block
     for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
-                                   ((3, 100, 300), "blas_serial"), ((3, 512, 700), "blas"),
-                                   ((16, 512, 512), "blas")]:
+                                   ((3, 100, 300), "blas_serial"), ((3, 2048, 4096), "blas"),
+                                   ((64, 512, 512), "blas")]:
         y, W, b = _data(rng, (T, n_in), np.float64), _data(rng, (n_out, n_in), np.float64), \
             _data(rng, (n_out,), np.float64)
         z1, z2 = np.empty((T, n_out)), np.empty((T, n_out))
@@ -766,6 +767,11 @@ def test_correct_counts_rows_classified_right(rng, dtype):
     d1 = np.array([[1.0], [1.0], [0.0], [0.0]], dtype)
     assert KDiv.correct(y1, no_labels, d1) == _correct_reference(y1, d=d1) == 2
     assert KDiv.correct(Y[:5], labels[:5], no_d) == 3  # ties go to index 0
+
+
+def test_unit_block_halves_the_units_in_multiples_of_64():
+    assert [KD.unit_block(n) for n in (1, 64, 128, 129, 256, 1000, 4096, 10000)] == \
+        [64, 64, 64, 128, 128, 512, 2048, 2048]
 
 
 def test_row_block_halves_the_rows_in_multiples_of_64():

@@ -134,14 +134,16 @@ def _dgelu_p(z, y, p):
     return _dgelu(z)
 
 
-_KINDS = {IDENTITY: ("identity", _identity, _didentity), SIGMOID: ("sigmoid", _sigmoid, _dsigmoid),
+_KINDS = {IDENTITY: ("identity", _identity, _didentity),
+          SIGMOID: ("sigmoid", _sigmoid, _dsigmoid),
           TANH: ("tanh", _tanh, _dtanh), RELU: ("relu", _relu, _drelu),
           LEAKY_RELU: ("leaky_relu", _leaky_relu, _dleaky_relu),
           SOFTPLUS: ("softplus", _softplus, _dsoftplus), ELU: ("elu", _elu, _delu),
           GELU: ("gelu", _gelu_p, _dgelu_p)}
 #: kind -> its forward kernel (p, z, y) and backward kernel (p, z, y, dy, dz), each compiled on
 #: first use, so a network compiles only its own activations; their serial twins the same.
-FORWARD = {k: specialise(elementwise_forward, f"{n}_forward", F=f) for k, (n, f, _) in _KINDS.items()}
+FORWARD = {k: specialise(elementwise_forward, f"{n}_forward", F=f)
+           for k, (n, f, _) in _KINDS.items()}
 BACKWARD = {k: specialise(elementwise_backward, f"{n}_backward", DF=df)
             for k, (n, _, df) in _KINDS.items()}
 FORWARD_SERIAL = {k: serial_twin(v) for k, v in FORWARD.items()}

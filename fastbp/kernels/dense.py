@@ -27,10 +27,12 @@ from .._config import ARITH, PARALLEL, SERIAL, njit, serial_twin
 LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
 BLAS_MIN_WORK = 1 << 9  # multiply-adds from which a BLAS call beats the loop kernels (measured:
 # from 1x16x16 forward, 1x10x64 backward; 1x256x10 forward took 7.1 us in loops, 0.9 in BLAS)
-PAR_MIN_WORK = 1 << 20  # multiply-adds from which spreading blocks over threads pays (a
-# parallel launch costs about as much as 2^18 multiply-adds on one thread here)
+PAR_MIN_WORK = 1 << 24  # multiply-adds from which spreading blocks over threads pays. Measured
+# on a 2-core Xeon (2026-12-01, forward + backward, medians of 9): 64x256x784 and 256x256x784
+# ran as fast on one thread as on two, 256x128x256 1.4x faster on one, 128x256x784 1.4x
+# faster on two; a 512x4096x4096 GEMM 1.44x faster on two (NumPy's own 2-thread GEMM: the same)
 ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T
-UNIT_BLOCK = 64  # BLAS kernels' block of units (rows of dW; of z for fewer than FEW rows)
+UNIT_BLOCK = 64  # BLAS kernels' block of units of z for fewer than FEW rows
 FEW = 8
 
 
@@ -132,10 +134,19 @@ def dense_forward_blas(y, W, b, z):
                 z[t, j] += b[j]
 
 
+@njit(**SERIAL)
+def unit_block(n_out):
+    """Units per GEMM block of dW = dz^T y: half the units rounded up to a multiple of 64, from
+    64 to 2048 (two blocks for two threads where the units allow). Every block packs all of y
+    once: 4096 units x 512 rows ran at 54 GFLOP/s in blocks of 64 and 145 in blocks of 2048.
+    It depends on n_out alone, so results do not depend on the thread count."""
+    return min(2048, max(64, -(-(-(-n_out // 2)) // 64) * 64))
+
+
 @njit(**PARALLEL)
 def dense_backward_params_blas(dz, y, dW, db, dzT):
-    """dW = dz^T y by GEMM on blocks of UNIT_BLOCK units (rows of dW), from dzT = dz^T;
-    db[j] = sum_t dz[t, j] in increasing t."""
+    """dW = dz^T y by GEMM on blocks of ``unit_block(n_out)`` units (rows of dW), from
+    dzT = dz^T; db[j] = sum_t dz[t, j] in increasing t."""
     n_out = dW.shape[0]
     for j in prange(n_out):
         s = dz.dtype.type(0)
@@ -143,8 +154,9 @@ def dense_backward_params_blas(dz, y, dW, db, dzT):
             dzT[j, t] = dz[t, j]
             s += dz[t, j]
         db[j] = s
-    for k in prange(-(-n_out // UNIT_BLOCK)):
-        j0, j1 = k * UNIT_BLOCK, min(n_out, (k + 1) * UNIT_BLOCK)
+    ub = unit_block(n_out)
+    for k in prange(-(-n_out // ub)):
+        j0, j1 = k * ub, min(n_out, (k + 1) * ub)
         np.dot(dzT[j0:j1], y, dW[j0:j1])
 
 
