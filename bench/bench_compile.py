@@ -81,6 +81,13 @@ class Compile:
     def time_import_and_first_fit(self, cache):
         run(FIRST_FIT, self.cache_dir(cache))
 
+    def time_new_architecture(self, cache):
+        # warm: the cache holds the kernels of FIRST_FIT's 64-64-10 net, not of this 64-48-10
+        run(NEW_ARCHITECTURE, self.cache_dir(cache))
+
+    def time_sklearn_first_fit(self, cache):
+        run(SKLEARN_DIGITS, self.cache_dir(cache))
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
