@@ -52,9 +52,9 @@ class Op:
         if self.linear:
             mode = KD.dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if mode == KD.LOOP_MODE:
-                return op_kernel(KE.linear_forward_loops, dt, KERNEL=KD.dense_forward)
+                return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward, BLAS=False)
             return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward_blas if
-                             mode == KD.BLAS_MODE else KD.dense_forward_blas_serial)
+                             mode == KD.BLAS_MODE else KD.dense_forward_blas_serial, BLAS=True)
         if self.forward is None:
             return None
         fn, leaf = self.forward

@@ -98,22 +98,17 @@ def load_batch(ctx, op, rows):
 
 @njit(**OP)
 def linear_forward(ctx, op, rows):
-    """z = y W^T + b by a dense BLAS kernel KERNEL(y, W, b, z)."""
+    """z = y W^T + b by a dense BLAS kernel KERNEL(y, W, b, z) or, not BLAS, the loop kernel
+    KERNEL(y, W, b, z, W^T scratch)."""
     c, o = _fields(ctx, op)
     n_in, n_out = o[N_IN], o[N_OUT]
+    y, z = _mat(c[ACT], o[IN], rows, n_in, DT), _mat(c[ACT], o[OUT], rows, n_out, DT)
+    Wm = _mat(c[PARAMS], o[W], n_out, n_in, DT)
     b = _vec(c[PARAMS], o[B], n_out, DT) if o[B] >= 0 else _vec(c[ZEROS], 0, n_out, DT)
-    KERNEL(_mat(c[ACT], o[IN], rows, n_in, DT), _mat(c[PARAMS], o[W], n_out, n_in, DT), b,
-           _mat(c[ACT], o[OUT], rows, n_out, DT))
-
-
-@njit(**OP)
-def linear_forward_loops(ctx, op, rows):
-    """z = y W^T + b by the loop kernel KERNEL(y, W, b, z, W^T scratch)."""
-    c, o = _fields(ctx, op)
-    n_in, n_out = o[N_IN], o[N_OUT]
-    b = _vec(c[PARAMS], o[B], n_out, DT) if o[B] >= 0 else _vec(c[ZEROS], 0, n_out, DT)
-    KERNEL(_mat(c[ACT], o[IN], rows, n_in, DT), _mat(c[PARAMS], o[W], n_out, n_in, DT), b,
-           _mat(c[ACT], o[OUT], rows, n_out, DT), _mat(c[SCRATCH], 0, n_in, n_out, DT))
+    if BLAS:
+        KERNEL(y, Wm, b, z)
+    else:
+        KERNEL(y, Wm, b, z, _mat(c[SCRATCH], 0, n_in, n_out, DT))
 
 
 @njit(**OP)
