@@ -25,17 +25,24 @@ the one-thread copy of a parallel kernel that the engine uses for small ops.
 """
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import pathlib
+import pickle
+import sys
 import tempfile
 import threading
 import types
+from importlib import metadata
 
 import numba
 import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (loads the OpenBLAS that numba's np.dot uses)
 from llvmlite import ir
+from numba.core import caching
 from numba.extending import intrinsic, overload
+from threadpoolctl import ThreadpoolController
 
 _HERE = pathlib.Path(__file__).resolve().parent
 
@@ -51,8 +58,6 @@ def _cache_dir():
     The thread count is not in the key: compiled code reads it at run time, and processes with
     any ``NUMBA_NUM_THREADS`` (joblib's workers run with 1) share one cache. The crash that once
     seemed to need it was numba's missing thread-pool start (see ``_start_thread_pool``)."""
-    import sys
-
     # The environment too: two virtual environments never share compiled code.
     h = hashlib.sha256(f"{numba.__version__} {sys.prefix} {numba.config.THREADING_LAYER}"
                        .encode())
@@ -82,10 +87,6 @@ def _race_free_cache_files():
     the key, different signatures never share a file; the data is written before the index
     refers to it; at worst a concurrent index write drops an entry, which recompiles.
     """
-    import pickle
-
-    from numba.core import caching
-
     save = caching.IndexDataCacheFile.save
 
     def save_keyed(self, key, data):
@@ -118,16 +119,12 @@ def _prefer_tbb():
     if os.environ.get("NUMBA_THREADING_LAYER"):
         return
     try:
-        from importlib import metadata
-
         files = metadata.files("tbb") or []
         libs = [f for f in files if f.name.startswith("libtbb.so.12")]
         if not libs:
             return
-        import ctypes
-
         ctypes.CDLL(str(libs[0].locate()), mode=ctypes.RTLD_GLOBAL)
-    except (ImportError, OSError, metadata.PackageNotFoundError):
+    except (OSError, metadata.PackageNotFoundError):
         return
     numba.config.THREADING_LAYER = "tbb"
 
@@ -161,11 +158,6 @@ def _single_threaded_blas():
     kernels instead make one GEMM call per fixed block and spread the blocks over numba's
     threads. NumPy's own OpenBLAS, a separate library, is left as it is.
     """
-    try:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library numba's np.dot uses)
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - both are dependencies
-        return
     libs = [c for c in ThreadpoolController().lib_controllers
             if c.internal_api == "openblas" and "scipy" in os.path.basename(
                 os.path.dirname(c.filepath))]
@@ -195,7 +187,6 @@ INLINE = dict(SERIAL, forceinline=True)
 PARALLEL = dict(SERIAL, parallel=True)
 OP = dict(SERIAL, op=True)
 ARITH = dict(SERIAL, fastmath=set(_FASTMATH))
-ARITH_PARALLEL = dict(PARALLEL, fastmath=set(_FASTMATH))
 
 
 def njit(**flags):
@@ -290,7 +281,7 @@ def specialise(kernel, name, **consts):
                               fn.__defaults__, fn.__closure__)
     copy.__qualname__, copy.__module__ = name, fn.__module__
     flags = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}
-    return njit(**flags)(copy)
+    return njit(cache=SERIAL["cache"], **flags)(copy)  # targetoptions do not hold ``cache``
 
 
 def serial_twin(kernel):

@@ -15,6 +15,16 @@ import warnings
 
 import numpy as np
 
+from . import datasets
+from ._checks import as_dtype, check_finite
+from .io import load, read_npy
+from .losses import KL, L2, BinaryKL
+from .network import Sequential
+from .nodes import Linear, Sigmoid, Tanh, activation
+from .optim import SGD, Adam
+from .training import fit
+from .vector import Softmax
+
 # The largest network ``parse_arch`` builds, counting parameters, gradients and two optimizer
 # slots: larger is a typo (4-1000000000-3), not a network to train from the command line.
 MAX_BYTES = 4 << 30
@@ -27,10 +37,6 @@ def parse_arch(text, dtype="float64", seed=0, max_bytes=MAX_BYTES):
     Linear(32, 10), Softmax (widths, hidden activation, output activation). Widths whose
     parameters, gradients and optimizer state would take more than ``max_bytes`` are refused
     before anything is allocated."""
-    from . import Linear, Sequential
-    from ._checks import as_dtype
-    from .nodes import activation
-
     parts = text.split(":")
     if len(parts) != 3:
         raise ValueError(f"architecture {text!r} must look like 64-32-10:tanh:softmax")
@@ -58,8 +64,6 @@ def parse_arch(text, dtype="float64", seed=0, max_bytes=MAX_BYTES):
 
 
 def _loss_for(net, name):
-    from . import KL, L2, BinaryKL, Sigmoid, Softmax
-
     if name == "auto":
         last = net.nodes[-1]
         name = "kl" if isinstance(last, Softmax) else "binary_kl" \
@@ -68,8 +72,6 @@ def _loss_for(net, name):
 
 
 def _optimizer(args):
-    from . import SGD, Adam
-
     if args.optimizer == "adam":
         return Adam(lr=args.lr)
     return SGD(lr=args.lr, momentum=args.momentum)
@@ -106,8 +108,6 @@ def _read_table(path, min_cols):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found")
     if path.endswith(".npy"):
-        from .io import read_npy
-
         data = read_npy(path)
     else:
         names, skip = _csv_header(path)
@@ -127,8 +127,6 @@ def _read_table(path, min_cols):
     if names is not None and len(names) != data.shape[1]:
         raise ValueError(f"{path}: the header row has {len(names)} names but the rows have "
                          f"{data.shape[1]} columns")
-    from ._checks import check_finite
-
     check_finite(data, path)
     return Table(data, names, path)
 
@@ -168,8 +166,6 @@ def _targets(d, loss, n_out, name):
 
     Labels 0..K-1 are used as they are; otherwise exactly as many distinct values as classes
     are mapped to 0..K-1 in sorted order (stored, so that ``predict`` maps them back)."""
-    from . import KL, BinaryKL
-
     if not isinstance(loss, (KL, BinaryKL)):
         if n_out != 1:
             raise ValueError(f"--arch ends in {n_out} outputs, but the target {name} is one "
@@ -262,8 +258,6 @@ def _check_writable(path, flag):
 
 # -- subcommands -----------------------------------------------------------------------------
 def _train_demo(name, net, X, d, loss, opt, epochs, batch_size):
-    from . import datasets, fit
-
     # Both demos classify (the "is it a 2" targets are 0/1 floats): stratified, as always.
     Xtr, Xte, dtr, dte = datasets.split(X, d, test_size=0.25, seed=0, stratify=True)
     t = time.perf_counter()  # compile first (on a copy), so the time below is training's
@@ -283,8 +277,6 @@ def _train_demo(name, net, X, d, loss, opt, epochs, batch_size):
 
 def demo(args):
     """The seed's two examples on the digits that ship with the install."""
-    from . import SGD, BinaryKL, KL, Linear, Sequential, Sigmoid, Softmax, Tanh, datasets
-
     if args.plot:
         try:
             import matplotlib  # noqa: F401  (checked now, not after training)
@@ -323,8 +315,6 @@ def _plot(path, histories):
 
 def train(args):
     """Train on a table, report test metrics, and save the model with its standardisation."""
-    from . import datasets, fit
-
     net = parse_arch(args.arch, dtype=args.dtype, seed=args.seed)
     loss = _loss_for(net, args.loss)
     opt = _optimizer(args)
@@ -391,8 +381,6 @@ def _features(net, meta, table):
 
 def _labels(net, meta, Y):
     """Class labels (argmax, or p >= 0.5 for one sigmoid output) or the values themselves."""
-    from . import Sigmoid, Softmax
-
     last = net.nodes[-1]
     task = meta.get("task") or ("classification" if isinstance(last, Softmax) or
                                 isinstance(last, Sigmoid) and net.n_out == 1 else "regression")
@@ -410,8 +398,6 @@ def _label(c):
 
 def predict(args):
     """Apply a model saved by fastbp train to a table: one prediction per row."""
-    from . import load
-
     if args.out:
         _check_writable(args.out, "--out")
     net = load(args.model)
@@ -438,8 +424,6 @@ def predict(args):
 def bench(args):
     """Per-step time of fastbp alone on the digits task (the comparison with PyTorch, JAX and
     NumPy is "python bench/compare.py" in a source checkout)."""
-    from . import SGD, KL, Linear, Sequential, Softmax, Tanh, datasets, fit
-
     X, y = datasets.digits()
     net = Sequential(Linear(64, 64), Tanh(), Linear(64, 10), Softmax(), seed=0)
     fit(net, X[:64], y[:64], KL(), SGD(lr=0.1), batch_size=32, epochs=1, progress=False)

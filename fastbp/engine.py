@@ -6,27 +6,10 @@ import threading
 import numpy as np
 
 from ._config import op_kernel, serial_twin_of
+from .errors import Unsupported
 from .kernels import dense as KD
-from .kernels import divergences as KDiv
 from .kernels import engine as KE
 from .kernels import optim as KO
-from .kernels import products as KP
-from .losses import KL, L2, BinaryKL
-from .network import Sequential
-from .nodes import Sigmoid, Unsupported
-from .optim import SGD, Adam
-from .products import Product
-from .vector import Softmax
-
-
-def _engine_op(node, tape):
-    """``node.engine_op(tape)``, where the class that states the op also computes the node;
-    a subclass that changes ``_apply`` or ``_backprop`` and not the op runs node by node."""
-    cls = type(node)
-    owner = next(c for c in cls.__mro__ if "engine_op" in vars(c))
-    if cls._apply is not owner._apply or cls._backprop is not owner._backprop:
-        raise Unsupported(f"{cls.__name__} computes otherwise than its engine op")
-    return node.engine_op(tape)
 
 
 class Op:
@@ -99,20 +82,22 @@ class Tape:
         self.net, self.train = net, train
         self.ops, self.widths = [], []
         self.consts, self.iconsts, self.iwidths = [], [], []
-        x = self._register(net.n_in)
-        self.y = self._emit_seq(net, x, -1)
+        self.y = self.emit(net, self.register(net.n_in), -1)
         self.n_out = self.widths[self.y]
         self._local = threading.local()
 
     # -- building ----------------------------------------------------------------------------
-    def _register(self, width):
+    def register(self, width):
+        """A new register of ``width`` values per row (its index)."""
         if width is None:
             raise Unsupported("input width unknown")
         self.widths.append(int(width))
         return len(self.widths) - 1
 
-    def _op(self, forward, backward, i, o, gi, go, n_in, n_out, aux=None, aux_regs=(), p=0.0,
-            linear=False):
+    def op(self, forward, backward, i, o, gi, go, n_in, n_out, aux=None, aux_regs=(), p=0.0,
+           linear=False):
+        """Append an op (see ``Op``) reading register i and writing o, gradients from go to gi
+        (-1: none); ``aux`` sets auxiliary fields, those in ``aux_regs`` being registers."""
         fields = np.zeros(KE.N_OP, np.int64)
         fields[[KE.IN, KE.OUT, KE.GIN, KE.GOUT, KE.N_IN, KE.N_OUT, KE.W, KE.B]] = \
             [i, o, gi, go, n_in, n_out, -1, -1]
@@ -125,37 +110,24 @@ class Tape:
         self.ops.append(op)
         return op
 
-    def _emit_seq(self, seq, x, gx):
-        """Ops for the nodes of ``seq`` reading register x; gx is x's gradient register (-1:
-        not needed). Returns the output register."""
-        for node in seq.nodes:
-            x, gx = self._emit(node, x, gx)
-        return x
+    def emit(self, node, x, gx):
+        """Place ``node`` reading register x (gx: x's gradient register, -1: not needed);
+        returns its output register (its gradient register has the same index). The class
+        that states the node's engine code (``engine_op`` or ``engine_emit``) must also be
+        the one that computes it: a subclass that changes ``_apply`` or ``_backprop`` and not
+        its engine code runs node by node."""
+        cls = type(node)
+        owner = next(c for c in cls.__mro__ if "engine_op" in vars(c) or "engine_emit" in vars(c))
+        if cls._apply is not owner._apply or cls._backprop is not owner._backprop:
+            raise Unsupported(f"{cls.__name__} computes otherwise than its engine op")
+        return node.engine_emit(self, x, gx)
 
-    def _emit(self, node, x, gx):
-        n_in = self.widths[x]
-        if isinstance(node, Sequential):
-            y = self._emit_seq(node, x, gx)
-            return y, y
-        if type(node) is Product:
-            ga = self._register(n_in) if gx >= 0 else -1
-            gb = self._register(n_in) if gx >= 0 else -1
-            self._op(None, (KE.fork_backward, None), x, x, gx, -1, n_in, n_in,
-                     {KE.A1: ga, KE.A2: gb}, (KE.A1, KE.A2))
-            ya = self._emit_seq(node.a, x, ga)
-            yb = self._emit_seq(node.b, x, gb)
-            w = self.widths[ya]
-            y = self._register(w)
-            self._op((KE.mul_forward, KP.elementwise_product_forward),
-                     (KE.mul_backward, KP.elementwise_product_backward), ya, y, ya, y, w, w,
-                     {KE.A1: yb, KE.A2: yb}, (KE.A1, KE.A2))
-            return y, y
-        op = _engine_op(node, self)
-        n_out = node.infer(n_in)
-        y = self._register(n_out)
-        self._op(op.forward, op.backward, x, y, gx, y, n_in, n_out, dict(op.aux), p=op.p,
-                 linear=op.linear)
-        return y, y
+    def place(self, op, x, gx, n_out):
+        """Place a node's one op (an ``EngineOp``) reading x; returns its output register."""
+        y = self.register(n_out)
+        self.op(op.forward, op.backward, x, y, gx, y, self.widths[x], n_out, dict(op.aux),
+                p=op.p, linear=op.linear)
+        return y
 
     # -- what nodes place (see Node.engine_op) -------------------------------------------------
     def offset(self, node, attr):
@@ -327,35 +299,6 @@ def predict(net, X):
     return None if tape is None else tape.forward(X).copy()
 
 
-def loss_kind(net, loss, target):
-    """The loss stage's leaf kernel and whether it is fused with the last node."""
-    last = net.nodes[-1]
-    labels = target.ndim == 1
-    if isinstance(loss, KL):
-        if type(last) is Softmax:
-            return (KDiv.softmax_kl_labels if labels else KDiv.softmax_kl_probs), True
-        return (KDiv.kl_labels if labels else KDiv.kl_probs), False
-    if isinstance(loss, BinaryKL):
-        return (KDiv.sigmoid_binary_kl, True) if type(last) is Sigmoid else (KDiv.binary_kl,
-                                                                             False)
-    if type(loss) is L2:
-        return KDiv.l2, False
-    raise Unsupported(f"{type(loss).__name__} is not a built-in divergence")
-
-
-def optimizer_args(opt, net):
-    """(op function, leaf kernel), hyper-parameters and state buffers of the engine's
-    update."""
-    if type(opt) is SGD:
-        (v,) = opt._buffers(net, ["v"])
-        return (KE.sgd, KO.sgd_step), np.array([opt.momentum, float(opt.nesterov),
-                                                 opt.weight_decay, 0.0]), v, v
-    if type(opt) is Adam:
-        m, v = opt._buffers(net, ["m", "v"])
-        return (KE.adam, KO.adam_step), np.array([*opt.betas, opt.eps, opt.weight_decay]), m, v
-    raise Unsupported(f"{type(opt).__name__} is not a built-in optimizer")
-
-
 def check_supported(net, loss, target, opt):
     """Raise ``Unsupported`` unless the engine can train ``net`` with this divergence and
     optimizer; returns the tape, the loss stage and whether it is fused, and the update's
@@ -363,7 +306,21 @@ def check_supported(net, loss, target, opt):
     tape = compile_tape(net, True)
     if tape is None:
         raise Unsupported("the network holds a node the engine cannot run")
-    return tape, loss_kind(net, loss, target), optimizer_args(opt, net)
+    return tape, loss.engine_loss(net.nodes[-1], target), opt.engine_update(net)
+
+
+def chooses(net, loss, target, opt, wanted="auto"):
+    """Whether training runs through the engine: ``wanted`` True (raise ``Unsupported`` if it
+    cannot), False, or "auto" (where it can)."""
+    if wanted is False:
+        return False
+    try:
+        check_supported(net, loss, target, opt)
+    except Unsupported:
+        if wanted is True:
+            raise
+        return False
+    return True
 
 
 def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):

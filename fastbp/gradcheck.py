@@ -72,39 +72,52 @@ def gradcheck(net, X, d, loss, eps=1e-6, tol=1e-5, max_per_array=None, seed=0):
     net = net.astype(np.float64).eval()
     X = net._input(X)
     target = loss.target(d, X.shape[0], net.n_out, np.float64)
-    _, dX = net._loss_and_grad(X, target, loss, need_dx=True, train=False)
-    rng = np.random.default_rng(seed)
-    base, base_ctx = net._loss_value(X, target, loss)
+    base, rows = central_differences(net, X, target, loss, eps, max_per_array=max_per_array,
+                                     rng=np.random.default_rng(seed))
     noise_floor = 10 * np.finfo(np.float64).eps * max(1.0, abs(base)) / eps / tol
+    errors, skipped, checked = {}, {}, {}
+    for name, analytic, idx, numeric, n_skip in rows:
+        errs = _rel_errors(analytic[idx], numeric, noise_floor)
+        errors[name] = float(errs.max()) if errs.size else 0.0
+        skipped[name], checked[name] = n_skip, idx.size
+    return GradcheckReport(errors, skipped, checked, tol)
+
+
+def central_differences(net, X, target, loss, eps, names=None, max_per_array=None, rng=None):
+    """The loss of a float64 network in evaluation mode on (X, target), and for each array
+    (the parameters by ``net.param_names``, then "input"): (name, analytic gradient (flat),
+    indices checked, their central differences (f(x+eps) - f(x-eps)) / 2 eps, number skipped
+    because a perturbation crossed a kink). Arrays not in ``names`` (all by default) get no
+    differences; with ``max_per_array``, ``rng`` draws the indices of larger arrays."""
+    _, dX = net._loss_and_grad(X, target, loss, need_dx=True, train=False)
+    base, base_ctx = net._loss_value(X, target, loss)
     base_kinks = net.kinks(base_ctx)
 
-    def f(x):
-        value, ctxs = net._loss_value(x, target, loss)
+    def f():
+        value, ctxs = net._loss_value(X, target, loss)
         k = net.kinks(ctxs)
         return value, (k is not None and not np.array_equal(k, base_kinks))
 
     arrays = [(name, p, g.copy()) for name, p, g in zip(net.param_names, net.params, net.grads)]
     arrays.append(("input", X, dX))
-    errors, skipped, checked = {}, {}, {}
+    rows = []
     for name, p, g in arrays:
         flat, gflat = p.reshape(-1), g.reshape(-1)
-        idx = np.arange(flat.size)
-        if max_per_array is not None and flat.size > max_per_array:
+        idx = np.arange(flat.size if names is None or name in names else 0)
+        if max_per_array is not None and idx.size > max_per_array:
             idx = np.sort(rng.choice(flat.size, max_per_array, replace=False))
-        num, ana, n_skip = [], [], 0
+        kept, num, n_skip = [], [], 0
         for i in idx:
             old = flat[i]
             flat[i] = old + eps
-            fp, kp = f(X)
+            fp, kp = f()
             flat[i] = old - eps
-            fm, km = f(X)
+            fm, km = f()
             flat[i] = old
             if kp or km:
                 n_skip += 1
                 continue
+            kept.append(i)
             num.append((fp - fm) / (2 * eps))
-            ana.append(gflat[i])
-        errs = _rel_errors(np.array(ana), np.array(num), noise_floor)
-        errors[name] = float(errs.max()) if errs.size else 0.0
-        skipped[name], checked[name] = n_skip, len(ana)
-    return GradcheckReport(errors, skipped, checked, tol)
+        rows.append((name, gflat, np.array(kept, np.int64), np.array(num), n_skip))
+    return base, rows

@@ -239,7 +239,9 @@ def to_sklearn(net, classes=None, **params):
 
 # -- PyTorch ----------------------------------------------------------------------------------
 def _torch_table(nn):
-    """(torch module type, fastbp node factory from the module)."""
+    """One row per activation, for both directions: (fastbp node class, torch module class,
+    the node for a module, the module for a node). Linear layers carry parameters and are
+    converted apart."""
     def gelu(m):
         if getattr(m, "approximate", "none") != "none":
             raise ValueError("GELU(approximate='tanh') has no fastbp node (fastbp's GELU is the "
@@ -256,11 +258,18 @@ def _torch_table(nn):
             raise ValueError(f"Softmax(dim={m.dim}): fastbp's softmax is over each row (dim=-1)")
         return Softmax()
 
-    return [(nn.Identity, lambda m: Identity()), (nn.ReLU, lambda m: ReLU(grad_at_zero=0.0)),
-            (nn.Tanh, lambda m: Tanh()), (nn.Sigmoid, lambda m: Sigmoid()),
-            (nn.LeakyReLU, lambda m: LeakyReLU(m.negative_slope)),
-            (nn.RReLU, lambda m: RReLU(m.lower, m.upper)), (nn.ELU, lambda m: ELU(m.alpha)),
-            (nn.GELU, gelu), (nn.Softplus, softplus), (nn.Softmax, softmax)]
+    return [(Identity, nn.Identity, lambda m: Identity(), lambda n: nn.Identity()),
+            (ReLU, nn.ReLU, lambda m: ReLU(grad_at_zero=0.0), lambda n: nn.ReLU()),
+            (Tanh, nn.Tanh, lambda m: Tanh(), lambda n: nn.Tanh()),
+            (Sigmoid, nn.Sigmoid, lambda m: Sigmoid(), lambda n: nn.Sigmoid()),
+            (LeakyReLU, nn.LeakyReLU, lambda m: LeakyReLU(m.negative_slope),
+             lambda n: nn.LeakyReLU(n.slope)),
+            (RReLU, nn.RReLU, lambda m: RReLU(m.lower, m.upper),
+             lambda n: nn.RReLU(n.lower, n.upper)),
+            (ELU, nn.ELU, lambda m: ELU(m.alpha), lambda n: nn.ELU(n.alpha)),
+            (GELU, nn.GELU, gelu, lambda n: nn.GELU()),
+            (Softplus, nn.Softplus, softplus, lambda n: nn.Softplus()),
+            (Softmax, nn.Softmax, softmax, lambda n: nn.Softmax(dim=-1))]
 
 
 def from_torch(module, dtype=None):
@@ -294,13 +303,14 @@ def from_torch(module, dtype=None):
                 weights.append((m.weight.detach().cpu().double().numpy(), b))
                 used.update(id(p) for p in m.parameters())
             else:
-                for cls, make in table:
+                for _, cls, make, _ in table:
                     if type(m) is cls:
                         nodes.append(make(m))
                         break
                 else:
                     raise ValueError(f"{m!r} has no fastbp node; supported: Linear, "
-                                     f"{', '.join(c.__name__ for c, _ in table)}, Sequential")
+                                     f"{', '.join(c.__name__ for _, c, _, _ in table)}, "
+                                     f"Sequential")
 
     walk(module)
     # A Sequential subclass may hold parameters or buffers of its own: refuse, not drop them.
@@ -334,8 +344,7 @@ def to_torch(net, dtype=None):
         raise TypeError(f"to_torch needs a fastbp.Sequential, got {type(net).__name__}")
     tdt = dtype if dtype is not None else \
         (torch.float32 if net.dtype == np.float32 else torch.float64)
-    simple = {Identity: nn.Identity, Tanh: nn.Tanh, Sigmoid: nn.Sigmoid, ReLU: nn.ReLU,
-              GELU: nn.GELU, Softplus: nn.Softplus}
+    module_for = {node_cls: make for node_cls, _, _, make in _torch_table(nn)}
     mods = []
     for node in _flat_nodes(net):
         t = type(node)
@@ -345,16 +354,8 @@ def to_torch(net, dtype=None):
                 m.weight.copy_(torch.from_numpy(np.array(node.W)))
                 if node.bias:
                     m.bias.copy_(torch.from_numpy(np.array(node.b)))
-        elif t in simple:
-            m = simple[t]()
-        elif t is LeakyReLU:
-            m = nn.LeakyReLU(node.slope)
-        elif t is ELU:
-            m = nn.ELU(node.alpha)
-        elif t is RReLU:
-            m = nn.RReLU(node.lower, node.upper)
-        elif t is Softmax:
-            m = nn.Softmax(dim=-1)
+        elif t in module_for:
+            m = module_for[t](node)
         else:
             raise ValueError(f"{type(node).__name__} has no PyTorch module in fastbp.interop "
                              f"(to_torch builds an nn.Sequential of Linear layers and "

@@ -16,6 +16,9 @@ import zipfile
 
 import numpy as np
 
+from . import _checks
+from .nodes import Node
+
 FORMAT = "fastbp"
 VERSION = 1
 
@@ -32,15 +35,8 @@ class CheckpointError(ValueError):
 
 
 def _node_types():
-    from . import nodes, products, vector
-
-    table = {}
-    for mod in (nodes, products, vector):
-        for name in dir(mod):
-            obj = getattr(mod, name)
-            if isinstance(obj, type) and hasattr(obj, "config") and not name.startswith("_"):
-                table[name] = obj
-    return table
+    """fastbp's node classes that a file names with their configuration."""
+    return {name: cls for name, cls in Node.builtin.items() if hasattr(cls, "config")}
 
 
 # ==============================================================================================
@@ -48,8 +44,7 @@ def _node_types():
 # ==============================================================================================
 def architecture(net):
     """The network's architecture as plain JSON-ready data, ``net.meta`` included."""
-    from .network import Sequential
-    from .products import Product
+    Sequential, Product = Node.builtin["Sequential"], Node.builtin["Product"]
 
     def describe(node):
         if isinstance(node, Sequential):
@@ -161,8 +156,7 @@ def _declare(arch):
 
 def _assemble(tree, arch, path=None):
     """The network of a tree from ``_declare``, its parameters freshly initialised."""
-    from .network import Sequential
-    from .products import Product
+    Sequential, Product = Node.builtin["Sequential"], Node.builtin["Product"]
 
     def make(t):
         kind, part = t
@@ -194,10 +188,8 @@ def build(arch, n_params=None):
 
 
 def _arch_dtype(arch, path):
-    from ._checks import as_dtype
-
     try:
-        return as_dtype(arch.get("dtype", "float64"))
+        return _checks.as_dtype(arch.get("dtype", "float64"))
     except TypeError as e:
         raise CheckpointError(f"{path}: {e}") from e
 
@@ -368,11 +360,9 @@ class Archive:
 
     def finite_array(self, name, shape, dtype):
         """Member ``name`` of exactly ``shape`` and ``dtype``, with no NaN or inf."""
-        from ._checks import check_finite
-
         dtype = np.dtype(dtype)
         a = self.array(name, math.prod(shape) * dtype.itemsize, shape, dtype)
-        check_finite(a, f"{self.path}: {name}", error=CheckpointError)
+        _checks.check_finite(a, f"{self.path}: {name}", error=CheckpointError)
         return a
 
 
@@ -512,10 +502,8 @@ def save(net, path, **extra):
     """Write ``net`` (architecture, ``net.meta`` and parameters) to ``path``; ``extra`` arrays
     ride along. Parameters holding NaN or inf are refused (ValueError): ``load`` would refuse
     the file."""
-    from ._checks import check_finite
-
     arch = json.dumps(architecture(net), allow_nan=False)
-    check_finite(net.flat_params, "the network's parameters")
+    _checks.check_finite(net.flat_params, "the network's parameters")
     arrays = {"architecture": np.array(arch), "params": net.flat_params}
     arrays.update(extra)
     write_npz(path, arrays)

@@ -7,6 +7,7 @@ Each divergence gives the loss value (``loss(Y, d)``) and its gradient with resp
 import numpy as np
 
 from . import _checks
+from .errors import Unsupported
 from .kernels import divergences as KDiv
 from .nodes import Sigmoid
 from .vector import Softmax, VectorActivation
@@ -49,6 +50,18 @@ class Divergence:
         dz = np.empty_like(z)
         self._fused_kernel(target)(z, y, target, div, dz, 1.0 / z.shape[0])
         return KDiv.mean(div), dz
+
+    def engine_loss(self, last, target):
+        """The engine's loss stage after the node ``last``: (leaf kernel, fused), the same
+        kernels as ``value_and_grad`` and ``fused``; ``Unsupported`` for a divergence that
+        computes otherwise (a user's subclass)."""
+        cls = type(self)
+        if not hasattr(cls, "_kernel") or cls.value_and_grad is not Divergence.value_and_grad \
+                or cls.fused is not Divergence.fused or not cls.__module__.startswith("fastbp."):
+            raise Unsupported(f"{cls.__name__} is not a built-in divergence")
+        if self.fuses_with is not None and type(last) is self.fuses_with:
+            return self._fused_kernel(target), True
+        return self._kernel(target), False
 
     def output_hint(self, net):
         """A sentence naming the likely cause of trouble when ``net`` ends in a built-in node

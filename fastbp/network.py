@@ -2,10 +2,12 @@
 
 import collections
 import copy
+import math
 
 import numpy as np
 
-from . import _checks, _config
+from . import _checks, _config, engine, io
+from .errors import TrainingError
 from .nodes import Node
 
 _REPR_WIDTH = 88  # a network's repr up to this long stays on one line
@@ -125,6 +127,12 @@ class Sequential(Node):
 
     def children(self):
         return self.nodes
+
+    def engine_emit(self, tape, x, gx):
+        """The nodes one after another, each reading the register the previous one wrote."""
+        for node in self.nodes:
+            x = gx = tape.emit(node, x, gx)
+        return x
 
     def walk(self):
         """Every node inside this network, depth first, this network first."""
@@ -332,8 +340,6 @@ class Sequential(Node):
         layer), others node by node; both give the same numbers. An output that overflows to
         inf or NaN raises ``FloatingPointError`` naming where.
         """
-        from . import engine
-
         X = self._input(X)
         Y = engine.predict(self, X)
         Y = self._apply(X, False)[0] if Y is None else Y
@@ -372,22 +378,41 @@ class Sequential(Node):
         Refuses a step whose loss or gradient is NaN or inf (``fastbp.TrainingError``),
         leaving the parameters unchanged.
         """
-        from .training import _engine_for, _run_epoch, History
-
         X = self._input(X)
-        target = loss.target(d, X.shape[0], self.n_out, self.dtype)
-        use_engine = _engine_for(self, loss, target, optimizer, "auto")
+        T = X.shape[0]
+        target = loss.target(d, T, self.n_out, self.dtype)
         self.train()
-        return _run_epoch(self, X, target, loss, optimizer, None, X.shape[0], 0, History(),
-                          use_engine)[0] / X.shape[0]
+        if engine.chooses(self, loss, target, optimizer):
+            total, _, bad, _ = engine.run_epoch(self, X, target, loss, optimizer, np.arange(T), T)
+            if bad >= 0:
+                raise TrainingError(f"epoch 0, step 0: {not_finite(self, loss)}")
+            return total / T
+        try:
+            return self._node_step(X, target, loss, optimizer)
+        except TrainingError as e:
+            raise TrainingError(f"epoch 0, step 0: {e}") from None
+
+    def _node_step(self, X, target, loss, optimizer):
+        """``train_step`` node by node on a prepared batch; refuses a non-finite step."""
+        value, _ = self._loss_and_grad(X, target, loss, need_dx=False)
+        if not math.isfinite(value) or not np.isfinite(self.flat_grads).all():
+            raise TrainingError(not_finite(self, loss))
+        optimizer.step(self)
+        return value
 
     def save(self, path):
         """Write the architecture (JSON) and parameters to an ``.npz`` file, atomically."""
-        from . import io
-
         io.save(self, path)
 
     def _loss_value(self, X, target, loss, train=False):
         Y, ctxs = self._apply(X, train)
         fused = loss.fused(self.nodes[-1], ctxs[-1], target)
         return (fused[0] if fused is not None else loss.value_and_grad(Y, target)[0]), ctxs
+
+
+def not_finite(net, loss):
+    """The TrainingError message, naming the likely cause where the divergence does not fit
+    the network's last node (KL without Softmax)."""
+    hint = loss.output_hint(net)
+    return "the loss or a gradient is not finite; parameters are those of the last good " \
+        "step" + (f" (likely cause: {hint})" if hint else "")

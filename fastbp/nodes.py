@@ -11,13 +11,10 @@ from collections import namedtuple
 import numpy as np
 
 from . import _checks
+from .errors import Unsupported
 from .kernels import activations as KA
 from .kernels import dense as KD
 from .kernels import engine as KE
-
-
-class Unsupported(Exception):
-    """The engine cannot run a node (the per-node path runs it)."""
 
 
 class EngineOp(namedtuple("EngineOp", "forward backward aux p linear", defaults=((), 0.0, False))):
@@ -28,11 +25,19 @@ class EngineOp(namedtuple("EngineOp", "forward backward aux p linear", defaults=
 
 
 class Node:
-    """Base class of fastbp's nodes."""
+    """Base class of fastbp's nodes. fastbp's own public node classes are listed by name in
+    ``Node.builtin`` as they are defined (the file format's node types; user subclasses are
+    not, since files hold no code)."""
 
+    builtin = {}
     training = True
     n_in = None  # the input width, where the node fixes it
     keeps_width = False  # True where the output width always equals the input width
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith("fastbp.") and not cls.__name__.startswith("_"):
+            Node.builtin[cls.__name__] = cls
 
     # -- structure -------------------------------------------------------------------------
     def infer(self, n_in):
@@ -63,6 +68,13 @@ class Node:
         the engine cannot run the node, which then runs node by node. A subclass that changes
         ``_apply`` or ``_backprop`` without stating its own op runs node by node too."""
         raise Unsupported(f"{type(self).__name__} is not a built-in node")
+
+    def engine_emit(self, tape, x, gx):
+        """Place this node on the engine's tape, reading register x (gx: x's gradient
+        register, -1: none wanted); returns its output register. A node places the one op its
+        ``engine_op`` states; nodes made of sub-networks (``Sequential``, ``Product``) place
+        theirs with ``tape.emit``, ``tape.register`` and ``tape.op``."""
+        return tape.place(self.engine_op(tape), x, gx, self.infer(tape.widths[x]))
 
     # -- computation -----------------------------------------------------------------------
     def _apply(self, x, train):
@@ -362,12 +374,14 @@ def activation(name):
     """A scalar or vector activation node from its name (as in the command line's
     architecture strings and the scikit-learn adapter): identity, logistic/sigmoid, tanh, relu,
     leaky_relu, rrelu, softplus, elu, gelu, softmax."""
-    from .vector import Softmax
-
-    table = {"identity": Identity, "none": Identity, "linear": Identity, "logistic": Sigmoid,
-             "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU,
-             "rrelu": RReLU, "softplus": Softplus, "elu": ELU, "gelu": GELU, "softmax": Softmax}
     key = str(name).lower()
-    if key not in table:
-        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(sorted(table))}")
-    return table[key]()
+    if key not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from "
+                         f"{', '.join(sorted(_ACTIVATIONS))}")
+    return Node.builtin[_ACTIVATIONS[key]]()
+
+
+_ACTIVATIONS = {"identity": "Identity", "none": "Identity", "linear": "Identity",
+                "logistic": "Sigmoid", "sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "ReLU",
+                "leaky_relu": "LeakyReLU", "rrelu": "RReLU", "softplus": "Softplus",
+                "elu": "ELU", "gelu": "GELU", "softmax": "Softmax"}  # Softmax: fastbp.vector

@@ -5,6 +5,8 @@ import math
 import numpy as np
 
 from . import _checks, _config
+from .errors import Unsupported
+from .kernels import engine as KE
 from .kernels import optim as KO
 
 
@@ -91,6 +93,16 @@ class Optimizer:
                 self.state[n] = np.zeros_like(p)
         return [self.state[n] for n in names]
 
+    def engine_update(self, net):
+        """The engine's update step: ((op function, leaf kernel), hyper-parameters, state
+        buffers s1 and s2), the kernel ``step`` calls; ``Unsupported`` for an optimizer that
+        steps otherwise (a user's subclass)."""
+        raise Unsupported(f"{type(self).__name__} is not a built-in optimizer")
+
+    def _own_step(self, cls):
+        if type(self).step is not cls.step:
+            raise Unsupported(f"{type(self).__name__} steps otherwise than {cls.__name__}")
+
     def state_dict(self):
         """Arrays and counters needed to resume bit-identically."""
         out = {k: v for k, v in self.state.items() if isinstance(v, np.ndarray)}
@@ -140,6 +152,12 @@ class SGD(Optimizer):
         KO.sgd_step(net.flat_params, net.flat_grads, v, self.current_lr(), self.momentum,
                     self.nesterov, self.weight_decay)
 
+    def engine_update(self, net):
+        self._own_step(SGD)
+        (v,) = self._buffers(net, ["v"])
+        return (KE.sgd, KO.sgd_step), np.array([self.momentum, float(self.nesterov),
+                                                 self.weight_decay, 0.0]), v, v
+
     def config(self):
         return dict(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
                     weight_decay=self.weight_decay)
@@ -170,6 +188,11 @@ class Adam(Optimizer):
         _config.use_num_threads()
         KO.adam_step(net.flat_params, net.flat_grads, m, v, self.current_lr(), self.betas[0],
                      self.betas[1], self.eps, self.weight_decay, self.t)
+
+    def engine_update(self, net):
+        self._own_step(Adam)
+        m, v = self._buffers(net, ["m", "v"])
+        return (KE.adam, KO.adam_step), np.array([*self.betas, self.eps, self.weight_decay]), m, v
 
     def config(self):
         return dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)

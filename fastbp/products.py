@@ -2,8 +2,10 @@
 
 import numpy as np
 
+from . import _checks
 from .kernels import engine as KE
 from .kernels import products as KP
+from .network import Sequential
 from .nodes import EngineOp, Node
 
 
@@ -116,8 +118,6 @@ class Product(Node):
     """
 
     def __init__(self, a, b):
-        from .network import Sequential
-
         self.a = a if isinstance(a, Sequential) else Sequential(a, _bind=False)
         self.b = b if isinstance(b, Sequential) else Sequential(b, _bind=False)
 
@@ -133,6 +133,22 @@ class Product(Node):
         if na is not None and nb is not None and na != nb:
             raise ValueError(f"Product needs branches of equal output width, got {na} and {nb}")
         return na if na is not None else nb
+
+    def engine_emit(self, tape, x, gx):
+        """x forks into both branches (their input gradients summed by the fork's backward),
+        then one op multiplies the branch outputs."""
+        n_in = tape.widths[x]
+        ga = tape.register(n_in) if gx >= 0 else -1
+        gb = tape.register(n_in) if gx >= 0 else -1
+        tape.op(None, (KE.fork_backward, None), x, x, gx, -1, n_in, n_in,
+                {KE.A1: ga, KE.A2: gb}, (KE.A1, KE.A2))
+        ya, yb = tape.emit(self.a, x, ga), tape.emit(self.b, x, gb)
+        w = tape.widths[ya]
+        y = tape.register(w)
+        tape.op((KE.mul_forward, KP.elementwise_product_forward),
+                (KE.mul_backward, KP.elementwise_product_backward), ya, y, ya, y, w, w,
+                {KE.A1: yb, KE.A2: yb}, (KE.A1, KE.A2))
+        return y
 
     def _apply(self, x, train):
         ya, ca = self.a._apply(x, train)
@@ -237,10 +253,8 @@ class MaxPool1d(MaxOver):
     """
 
     def __init__(self, size, stride=None):
-        from ._checks import positive_int
-
-        self.size = positive_int(size, "size")
-        self.stride = positive_int(stride if stride is not None else size, "stride")
+        self.size = _checks.positive_int(size, "size")
+        self.stride = _checks.positive_int(stride if stride is not None else size, "stride")
         self.subsets = None
         self._n_in = None
 

@@ -51,13 +51,16 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted
 
+from . import engine
 from . import io as _io
+from ._config import get_num_threads, set_num_threads
+from .errors import TrainingError
 from .losses import KL, L2, BinaryKL
 from .network import Sequential
 from .nodes import Linear, ReLU, Sigmoid, _Scalar
 from .nodes import activation as _activation_node
 from .optim import SGD, Adam
-from .training import TrainingError
+from .training import History, epoch_loop
 from .vector import Softmax
 
 try:  # scikit-learn >= 1.6
@@ -128,14 +131,20 @@ def _threads(n):
     if n is None:
         yield
         return
-    from . import get_num_threads, set_num_threads
-
     before = get_num_threads()
     set_num_threads(int(n))
     try:
         yield
     finally:
         set_num_threads(before)
+
+
+def _store_params(estimator, params):
+    """Keep each constructor argument as an attribute of the same name, as given (scikit-learn's
+    rule for ``__init__``; its signature names the parameters)."""
+    for name, value in params.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
 
 
 class _BaseMLP(BaseEstimator):
@@ -342,8 +351,9 @@ class _BaseMLP(BaseEstimator):
                     eps=self.epsilon, weight_decay=wd)
 
     def _fit_stochastic(self, X, y, target, incremental):
-        """scikit-learn's epoch loop (same shuffling, same batches, same stopping rules), each
-        minibatch one compiled ``net.train_step``."""
+        """scikit-learn's epochs (same shuffling, same batches, same stopping rules) through
+        ``fastbp.training.epoch_loop``, the loop of ``fb.fit``; each minibatch one compiled
+        step."""
         net, loss = self.network_, self._loss()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -377,49 +387,56 @@ class _BaseMLP(BaseEstimator):
         sample_idx = np.arange(n)
         best, before = None, net.flat_params.copy()
         self.n_iter_ = 0
+
+        def order_of(epoch):
+            nonlocal sample_idx
+            if not self.shuffle:
+                return None
+            # sklearn.utils.shuffle's draw (without its per-call validation cost)
+            perm = np.arange(n)
+            self._random_state.shuffle(perm)
+            sample_idx = sample_idx[perm]
+            return sample_idx
+
+        def before_step(rows):
+            opt.weight_decay = self.alpha / rows
+            if adam:
+                # scikit-learn divides by sqrt(v) + eps with the bias correction in the step
+                # size; fastbp by sqrt(v_hat) + eps: this eps makes them equal.
+                opt.eps = self.epsilon / math.sqrt(1 - self.beta_2 ** (opt.t + 1))
+
+        def end_epoch(epoch, t0):
+            nonlocal best
+            self.n_iter_ += 1
+            self.t_ += n
+            self.loss_ = history.loss[-1] * scale + self._penalty() * n_batches / n
+            self.loss_curve_.append(self.loss_)
+            if self.verbose:
+                print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+            if validation is not None:
+                best = self._validate_epoch(validation, loss, scale, best)
+            else:
+                self._update_no_improvement_count()
+            if self.solver == "sgd" and self.learning_rate == "invscaling":
+                opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+            return self._no_improvement_count > self.n_iter_no_change and \
+                self._trigger_stopping(opt, validation is not None)
+
+        history = History()
+        net.train()
         try:
-            for _ in range(1 if incremental else self.max_iter):
-                if self.shuffle:
-                    # sklearn.utils.shuffle's draw (without its per-call validation cost)
-                    perm = np.arange(n)
-                    self._random_state.shuffle(perm)
-                    sample_idx = sample_idx[perm]
-                total = 0.0
-                for lo in range(0, n, batch_size):
-                    if self.shuffle:
-                        idx = sample_idx[lo:lo + batch_size]
-                        xb, tb = X[idx], target[idx]
-                    else:
-                        xb, tb = X[lo:lo + batch_size], target[lo:lo + batch_size]
-                    opt.weight_decay = self.alpha / xb.shape[0]
-                    if adam:
-                        # scikit-learn divides by sqrt(v) + eps with the bias correction in the
-                        # step size; fastbp by sqrt(v_hat) + eps: this eps makes them equal.
-                        opt.eps = self.epsilon / math.sqrt(1 - self.beta_2 ** (opt.t + 1))
-                    total += net.train_step(xb, tb, loss, opt) * xb.shape[0]
-                self.n_iter_ += 1
-                self.t_ += n
-                self.loss_ = total / n * scale + self._penalty() * n_batches / n
-                self.loss_curve_.append(self.loss_)
-                if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-                if validation is not None:
-                    best = self._validate_epoch(validation, loss, scale, best)
-                else:
-                    self._update_no_improvement_count()
-                if self.solver == "sgd" and self.learning_rate == "invscaling":
-                    opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
-                if self._no_improvement_count > self.n_iter_no_change and \
-                        self._trigger_stopping(opt, validation is not None):
-                    break
-                if not incremental and self.n_iter_ == self.max_iter:
-                    warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
-                                  "optimization hasn't converged yet." % self.max_iter,
-                                  ConvergenceWarning)
+            stopped = epoch_loop(net, X, target, loss, opt, batch_size,
+                                 range(1 if incremental else self.max_iter), order_of,
+                                 end_epoch, history, engine.chooses(net, loss, target, opt),
+                                 before_step=before_step)
         except TrainingError as e:
             net.flat_params[...] = before
             raise ValueError("Solver produced non-finite parameter weights. The input data may "
                              "contain large values and need to be preprocessed.") from e
+        if not stopped and not incremental:
+            warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                          "optimization hasn't converged yet." % self.max_iter,
+                          ConvergenceWarning)
         if best is not None:
             net.flat_params[...] = best
 
@@ -606,31 +623,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype=np.float64, n_threads=None):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.dtype = dtype
-        self.n_threads = n_threads
+        _store_params(self, locals())
 
     def _out_activation(self):
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
@@ -743,32 +736,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype=np.float64, n_threads=None):
-        self.loss = loss
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.dtype = dtype
-        self.n_threads = n_threads
+        _store_params(self, locals())
 
     def _check_params(self):
         out = super()._check_params()

@@ -1,22 +1,25 @@
 """The training loop: full-batch gradient descent as in the seed, minibatches, early stopping,
 checkpoints that resume bit-identically, and a progress bar."""
 
+import copy
 import json
 import math
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 
-from . import _checks, io
+from . import _checks
+from . import engine as E
+from . import io
+from .errors import TrainingError
 from .kernels import divergences as KDiv
+from .kernels import engine as KE
 from .losses import KL, BinaryKL, Divergence
+from .network import not_finite
 from .optim import Optimizer
-
-
-class TrainingError(FloatingPointError):
-    """NaN or inf appeared during training; the parameters are those of the last good step."""
 
 
 class History:
@@ -109,20 +112,9 @@ def accuracy_of(net, X, target, loss):
 
 
 def train_step(net, X, target, loss, optimizer):
-    """One forward, backward and update on a prepared batch; refuses a non-finite step."""
-    value, _ = net._loss_and_grad(X, target, loss, need_dx=False)
-    if not math.isfinite(value) or not np.isfinite(net.flat_grads).all():
-        raise TrainingError(_not_finite(net, loss))
-    optimizer.step(net)
-    return value
-
-
-def _not_finite(net, loss):
-    """The TrainingError message, naming the likely cause where the divergence does not fit
-    the network's last node (KL without Softmax)."""
-    hint = loss.output_hint(net)
-    return "the loss or a gradient is not finite; parameters are those of the last good " \
-        "step" + (f" (likely cause: {hint})" if hint else "")
+    """One forward, backward and update on a prepared batch, node by node; refuses a
+    non-finite step (``Sequential.train_step`` prepares the batch and may use the engine)."""
+    return net._node_step(X, target, loss, optimizer)
 
 
 def _progress_bar(show, epochs, initial):
@@ -215,7 +207,7 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     if hint:
         warnings.warn(hint, stacklevel=2)
 
-    use_engine = _engine_for(net, loss, target, optimizer, engine)
+    use_engine = E.chooses(net, loss, target, optimizer, engine)
     rng = np.random.default_rng(seed)
     history, start = History(), 0
     best = (math.inf, None)
@@ -228,41 +220,37 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
         _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol,
                       shuffle, rng, history)
         return history
+    classifies = _classifies(loss, net)
+
+    def order_of(epoch):
+        return rng.permutation(T) if shuffle and batch_size is not None else None
+
+    def end_epoch(epoch, t0):
+        nonlocal best
+        if validation is not None:
+            vl = net._loss_value(Xv, tv, loss)[0]
+            history.val_loss.append(vl)
+            vacc = accuracy_of(net, Xv, tv, loss)
+            if vacc is not None:
+                history.val_accuracy.append(vacc)
+            if vl < best[0] - min_delta:
+                best = (vl, net.flat_params.copy())
+                history.best_epoch = epoch
+        history.epoch_time.append(time.perf_counter() - t0)
+        if bar is not None:
+            post = {"loss": f"{history.loss[-1]:.4g}"}
+            if history.val_loss:
+                post["val"] = f"{history.val_loss[-1]:.4g}"
+            post["samples/s"] = f"{T / history.epoch_time[-1]:.3g}"
+            bar.set_postfix(post)
+            bar.update(1)
+        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
+            _write_checkpoint(checkpoint, net, optimizer, rng, history, epoch + 1, best)
+        return _should_stop(history, tol, patience, callbacks, epoch, net)
+
     try:
-        for epoch in range(start, epochs):
-            t0 = time.perf_counter()
-            optimizer.set_epoch(epoch)
-            order = rng.permutation(T) if shuffle and batch_size is not None else None
-            total, right = _run_epoch(net, X, target, loss, optimizer, order,
-                                      batch_size or T, epoch, history, use_engine,
-                                      _classifies(loss, net))
-            history.loss.append(total / T)
-            history.lr.append(optimizer.current_lr())
-            if _classifies(loss, net):
-                history.accuracy.append(right / T)
-            if validation is not None:
-                vl = net._loss_value(Xv, tv, loss)[0]
-                history.val_loss.append(vl)
-                vacc = accuracy_of(net, Xv, tv, loss)
-                if vacc is not None:
-                    history.val_accuracy.append(vacc)
-                if vl < best[0] - min_delta:
-                    best = (vl, net.flat_params.copy())
-                    history.best_epoch = epoch
-            history.epoch_time.append(time.perf_counter() - t0)
-            if bar is not None:
-                post = {"loss": f"{history.loss[-1]:.4g}"}
-                if history.val_loss:
-                    post["val"] = f"{history.val_loss[-1]:.4g}"
-                post["samples/s"] = f"{T / history.epoch_time[-1]:.3g}"
-                bar.set_postfix(post)
-                bar.update(1)
-            if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
-                _write_checkpoint(checkpoint, net, optimizer, rng, history, epoch + 1, best)
-            if _should_stop(history, tol, patience, callbacks, epoch, net):
-                break
-        else:
-            history.stop_reason = history.stop_reason or "epochs"
+        epoch_loop(net, X, target, loss, optimizer, batch_size or T, range(start, epochs),
+                   order_of, end_epoch, history, use_engine, classifies)
     finally:
         if bar is not None:
             bar.close()
@@ -275,8 +263,6 @@ def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, to
                   rng, history):
     """``fit`` when nothing needs Python between epochs: chunks of epochs in one compiled call
     each, with the same permutations, learning rates, stopping rule and numbers as the loop."""
-    from . import engine as E
-
     T, count = X.shape[0], _classifies(loss, net)
     epoch = start
     while epoch < epochs:
@@ -297,7 +283,7 @@ def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, to
             if bad >= 0:
                 history.stop_reason = "non-finite"
                 raise TrainingError(f"epoch {epoch + k}, step {int(bad)}: "
-                                    f"{_not_finite(net, loss)}")
+                                    f"{not_finite(net, loss)}")
             history.loss.append(total / T)
             history.lr.append(lrs[k])
             history.epoch_time.append(seconds)
@@ -311,37 +297,59 @@ def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, to
     history.stop_reason = "epochs"
 
 
-def _engine_for(net, loss, target, optimizer, engine):
-    if engine is False:
-        return False
-    from . import engine as E
+def epoch_loop(net, X, target, loss, optimizer, batch, epochs, order_of, end_epoch, history,
+               use_engine, count=False, before_step=None):
+    """The training loop of ``fit`` and of the scikit-learn estimators' SGD and Adam.
 
-    try:
-        E.check_supported(net, loss, target, optimizer)
-    except E.Unsupported:
-        if engine is True:
-            raise
-        return False
-    return True
+    For each epoch in ``epochs``: the optimizer's epoch is set, the rows are visited in
+    ``order_of(epoch)`` (a permutation, or None: in order) in batches of ``batch``, each batch
+    one step (``before_step(rows)`` first, if given: per-step hyper-parameters), then the
+    epoch's mean loss, learning rate and (``count``) training accuracy are appended to
+    ``history``, and ``end_epoch(epoch, t0)`` (t0: the epoch's start, ``time.perf_counter``)
+    returns True to stop. Returns whether ``end_epoch`` stopped the loop. A non-finite step
+    raises ``TrainingError`` naming the epoch and step, with the last good parameters."""
+    T = X.shape[0]
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        optimizer.set_epoch(epoch)
+        total, right = _run_epoch(net, X, target, loss, optimizer, order_of(epoch), batch,
+                                  epoch, history, use_engine, count, before_step)
+        history.loss.append(total / T)
+        history.lr.append(optimizer.current_lr())
+        if count:
+            history.accuracy.append(right / T)
+        if end_epoch(epoch, t0):
+            return True
+    history.stop_reason = history.stop_reason or "epochs"
+    return False
 
 
 def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, use_engine,
-               count=False):
+               count=False, before_step=None):
     """One epoch through the engine or node by node; returns (sum of batch loss * rows, rows
-    classified right while training, if ``count``)."""
+    classified right while training, if ``count``). Without ``before_step`` the engine runs
+    the whole epoch in one call, with it one call per step."""
     T = X.shape[0]
-    if use_engine:
-        from . import engine as E
-
-        total, _, bad, right = E.run_epoch(net, X, target, loss, optimizer,
-                                           np.arange(T) if order is None else order, batch,
-                                           count)
+    order = np.arange(T) if use_engine and order is None else order
+    if use_engine and before_step is None:
+        total, _, bad, right = E.run_epoch(net, X, target, loss, optimizer, order, batch, count)
         if bad >= 0:
             history.stop_reason = "non-finite"
-            raise TrainingError(f"epoch {epoch}, step {bad}: {_not_finite(net, loss)}")
+            raise TrainingError(f"epoch {epoch}, step {bad}: {not_finite(net, loss)}")
         return total, right
     total, right = 0.0, 0
     for step, lo in enumerate(range(0, T, batch)):
+        rows = min(batch, T - lo)
+        if before_step is not None:
+            before_step(rows)
+        if use_engine:
+            value, _, bad, r = E.run_epoch(net, X, target, loss, optimizer,
+                                           order[lo:lo + batch], rows, count)
+            if bad >= 0:
+                history.stop_reason = "non-finite"
+                raise TrainingError(f"epoch {epoch}, step {step}: {not_finite(net, loss)}")
+            total, right = total + value, right + r
+            continue
         idx = slice(lo, lo + batch) if order is None else order[lo:lo + batch]
         xb, tb = (X, target) if batch == T and order is None else (X[idx], target[idx])
         try:
@@ -357,7 +365,7 @@ def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, us
 
 def _should_stop(history, tol, patience, callbacks, epoch, net):
     if tol is not None and len(history.loss) > 1 and \
-            abs(history.loss[-1] - history.loss[-2]) < tol:
+            KE.converged.py_func(history.loss[-2], history.loss[-1], tol):
         history.stop_reason = "converged"
         return True
     if patience is not None and history.best_epoch is not None and \
@@ -442,9 +450,6 @@ def _resume(path, net, optimizer, rng):
 def _optimizer_buffers(optimizer, dtype):
     """Names of the state arrays ``optimizer.step`` keeps, found by one step of a copy on one
     scratch parameter (None when that copy cannot step: a user's optimizer)."""
-    import copy
-    from types import SimpleNamespace
-
     probe = copy.copy(optimizer)
     probe.state = {}
     scratch = SimpleNamespace(flat_params=np.zeros(1, dtype), flat_grads=np.zeros(1, dtype))

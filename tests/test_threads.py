@@ -127,7 +127,7 @@ def _config_imports(tree):
 
 
 def test_flag_sets_exist():
-    assert {"SERIAL", "PARALLEL", "ARITH", "ARITH_PARALLEL"} <= FLAG_SETS
+    assert {"SERIAL", "PARALLEL", "ARITH", "INLINE", "OP"} <= FLAG_SETS
     assert KERNEL_FILES, "no kernel modules found"
 
 

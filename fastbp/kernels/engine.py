@@ -312,6 +312,13 @@ def run(prog, rows):
 
 
 @njit(**SERIAL)
+def converged(prev, loss, tol):
+    """The seed's convergence test |Loss_k - Loss_{k-1}| < tol (tol < 0: never; prev NaN before
+    the first epoch). ``fit`` runs the same function in Python (``converged.py_func``)."""
+    return tol >= 0 and abs(loss - prev) < tol
+
+
+@njit(**SERIAL)
 def train_epochs(ctx, fscal, full, tail, n_pre, orders, batch, lrs, tol, prev, outs, t0):
     """Epochs one after another, epoch e on rows ``orders[e]`` (or ``orders[0]`` for every
     epoch) in batches of ``batch`` rows, with learning rate ``lrs[e]``. A step runs the program
@@ -347,7 +354,7 @@ def train_epochs(ctx, fscal, full, tail, n_pre, orders, batch, lrs, tol, prev, o
         if bad >= 0:
             return e + 1
         value = total / T
-        if tol >= 0 and abs(value - prev) < tol:
+        if converged(prev, value, tol):
             return e + 1
         prev = value
     return lrs.shape[0]

@@ -1,0 +1,167 @@
+"""fastbp's modules import only downward: the import graph is acyclic, every module sits in a
+layer (docs/ARCHITECTURE.md), no module imports one of a higher layer, and no function hides an
+import of fastbp (or of anything but the few heavy or optional libraries named below)."""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "fastbp"
+
+# Bottom to top; a module may import its own layer and the layers below (docs/ARCHITECTURE.md).
+LAYERS = [
+    ("foundations", {"fastbp.errors", "fastbp._checks", "fastbp._config", "fastbp.datasets",
+                     "fastbp.gradcheck", "fastbp.kernels", "fastbp.kernels.*"}),
+    ("nodes", {"fastbp.nodes", "fastbp.vector", "fastbp.losses", "fastbp.optim"}),
+    ("engine", {"fastbp.engine"}),
+    ("network", {"fastbp.io", "fastbp.network"}),
+    ("composite nodes", {"fastbp.products"}),
+    ("training", {"fastbp.training"}),
+    ("adapters", {"fastbp.sklearn", "fastbp.interop", "fastbp.cli", "fastbp.__main__",
+                  "fastbp"}),
+]
+
+# Imported inside the functions that need them: optional (matplotlib, torch) or costly to
+# import and needed by few calls (tqdm.auto: 0.11 s, for a progress bar on a terminal;
+# scikit-learn's datasets and model selection for the bundled data and the converters).
+DEFERRED = {"matplotlib", "torch", "tqdm", "sklearn", "onnx", "mpi4py", "dask", "distributed"}
+
+
+def _modules():
+    out = {}
+    for f in sorted(ROOT.rglob("*.py")):
+        parts = f.with_suffix("").relative_to(ROOT.parent).parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = f
+    return out
+
+
+MODULES = _modules()
+
+
+def _targets(module, node):
+    """The fastbp modules an import statement in ``module`` loads."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == "fastbp"]
+    if node.level:
+        package = module.split(".") if MODULES[module].name == "__init__.py" else \
+            module.split(".")[:-1]
+        base = ".".join(package[:len(package) - node.level + 1] +
+                        ([node.module] if node.module else []))
+    else:
+        base = node.module or ""
+    if base.split(".")[0] != "fastbp":
+        return []
+    subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+    # ``from . import io`` loads the module io; ``from . import fit`` reaches into the package.
+    return subs if len(subs) == len(node.names) else subs + [base]
+
+
+def _imports():
+    """(module, imported fastbp module, line, inside a function) for every import."""
+    rows = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef,
+                                                                ast.AsyncFunctionDef))
+                 for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _targets(module, node):
+                    rows.append((module, target, node.lineno, id(node) in inner))
+    return rows
+
+
+def _layer(module):
+    for k, (_, members) in enumerate(LAYERS):
+        if module in members or any(m.endswith(".*") and module.startswith(m[:-1])
+                                    for m in members):
+            return k
+    return None
+
+
+def _cycle(edges):
+    """A cycle of the graph ``edges`` (module -> set of modules) as a list, or None."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for t in sorted(edges.get(m, ())):
+            if state.get(t) == "open":
+                return stack[stack.index(t):] + [t]
+            if t not in state:
+                found = visit(t)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = "done"
+        return None
+
+    for m in sorted(edges):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_is_acyclic():
+    edges = {}
+    for module, target, _, _ in _imports():
+        if target != module:
+            edges.setdefault(module, set()).add(target)
+    cycle = _cycle(edges)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}}) is None
+
+
+def test_every_module_has_a_layer():
+    missing = [m for m in MODULES if _layer(m) is None]
+    assert not missing, f"place these modules in LAYERS (and docs/ARCHITECTURE.md): {missing}"
+
+
+def test_modules_import_only_downward():
+    up = [f"{m}:{line} imports {t} ({LAYERS[_layer(t)][0]} is above {LAYERS[_layer(m)][0]})"
+          for m, t, line, _ in _imports() if t != m and _layer(t) > _layer(m)]
+    assert not up, "\n".join(up)
+
+
+def test_no_function_imports_fastbp():
+    hidden = [f"{m}:{line} imports {t}" for m, t, line, inner in _imports() if inner]
+    assert not hidden, "imports inside functions hide the graph:\n" + "\n".join(hidden)
+
+
+def test_functions_import_only_optional_or_costly_libraries():
+    found = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        for f in ast.walk(tree):
+            if not isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(f):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module]
+                else:
+                    continue
+                found += [f"{module}:{node.lineno} imports {n}" for n in names
+                          if n.split(".")[0] not in DEFERRED]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from . import io", ["fastbp.io"]),
+    ("from . import fit", ["fastbp"]),
+    ("from .kernels import engine as KE", ["fastbp.kernels.engine"]),
+    ("from .nodes import Node", ["fastbp.nodes"]),
+    ("import numpy as np", []),
+])
+def test_targets_of_an_import(source, expected):
+    assert _targets("fastbp.network", ast.parse(source).body[0]) == expected
