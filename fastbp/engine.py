@@ -70,7 +70,7 @@ class Workspace:
     far (by phase and rows)."""
 
     __slots__ = ("capacity", "ops", "act", "grad", "iact", "wt", "blabels", "bd", "div", "ok",
-                 "ctx", "fscal", "programs", "loss_op", "out")
+                 "ctx", "fscal", "programs", "loss_op", "out", "bound")
 
 
 class Tape:
@@ -215,6 +215,7 @@ class Tape:
             [offsets[z], offsets[self.y], offsets[z], offsets[self.y], self.n_out, self.n_out]
         ws.out = offsets[self.y]
         ws.programs = {}
+        ws.bound = None  # (flat_params, flat_grads) that ctx points at
         ws.capacity = rows
         return ws
 
@@ -222,8 +223,11 @@ class Tape:
         """Point ctx at the network's parameters and gradients (arrays that may be replaced
         between calls, e.g. by ``load_state_dict``'s callers)."""
         p, g = self.net.flat_params, self.net.flat_grads
+        if ws.bound is not None and ws.bound[0] is p and ws.bound[1] is g:
+            return  # the same arrays as last time (held here, so their addresses hold)
         ws.ctx[KE.PARAMS], ws.ctx[KE.GRADS], ws.ctx[KE.N_PARAMS] = \
             p.ctypes.data, g.ctypes.data, p.size
+        ws.bound = (p, g)
 
     def _calls(self, ws, kernels):
         ctx = ws.ctx.ctypes.data

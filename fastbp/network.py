@@ -343,7 +343,7 @@ class Sequential(Node):
         X = self._input(X)
         Y = engine.predict(self, X)
         Y = self._apply(X, False)[0] if Y is None else Y
-        if not np.isfinite(Y).all():  # the message's figures only when it is needed
+        if not _checks.all_finite(Y):  # the message's figures only when it is needed
             _checks.check_finite(Y, f"the output (overflow in {self.dtype.name}? inputs as "
                                  f"large as {np.abs(X).max():.3g})", error=FloatingPointError)
         return Y
