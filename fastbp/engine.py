@@ -327,10 +327,9 @@ def chooses(net, loss, target, opt, wanted="auto"):
     return True
 
 
-def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
-    """Several epochs in one compiled call (see ``kernels.engine.train_epochs``); returns the
-    per-epoch rows (loss sum, steps, first bad step or -1, rows right) of the epochs run."""
-    tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
+def _bind_batch(net, X, target, orders, batch, tape, hyper, s1, s2):
+    """The workspace for batches of ``batch`` rows with ctx pointing at this call's arrays
+    (which the caller keeps alive, and forgets with ``_forget``), and the arrays as passed."""
     dt = net.dtype
     X = np.ascontiguousarray(X, dt)
     labels = target.ndim == 1
@@ -347,18 +346,46 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
     c[KE.LABELS if labels else KE.D] = target.ctypes.data
     c[KE.BD] = ws.bd[width].ctypes.data
     c[KE.HYPER], c[KE.STATE1], c[KE.STATE2] = hyper.ctypes.data, s1.ctypes.data, s2.ctypes.data
+    return ws, (X, target, orders), labels
+
+
+def _forget(ws):
+    ws.ctx[[KE.X, KE.ORDER, KE.LABELS, KE.D, KE.HYPER]] = 0  # this call's arrays: not kept
+
+
+def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
+    """Several epochs in one compiled call (see ``kernels.engine.train_epochs``); returns the
+    per-epoch rows (loss sum, steps, first bad step or -1, rows right) of the epochs run."""
+    tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
+    ws, (X, target, orders), labels = _bind_batch(net, X, target, orders, batch, tape, hyper,
+                                                  s1, s2)
     last = len(tape.ops) - (2 if fused else 1)
     T = orders.shape[1]
     full, n_pre = tape.step_program(ws, batch, (kind, fused), last, code, labels, count)
     tail = tape.step_program(ws, T % batch, (kind, fused), last, code, labels, count)[0] \
         if T % batch else full
     outs = np.zeros((len(lrs), 4), np.float64)
-    done = KE.train_epochs(c, ws.fscal, full, tail, n_pre, orders, batch,
+    done = KE.train_epochs(ws.ctx, ws.fscal, full, tail, n_pre, orders, batch,
                            np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
                            np.nan if prev is None else float(prev), outs, opt.t)
-    c[[KE.X, KE.ORDER, KE.LABELS, KE.D, KE.HYPER]] = 0  # this call's arrays: not kept
+    _forget(ws)
     opt.t += int(outs[:done, 1].sum())
     return outs[:done]
+
+
+def gradient(net, X, target, loss, opt, order, count=False):
+    """The mean loss over the rows ``X[order]`` and its gradient (into ``net.flat_grads``), in
+    compiled code, with no update: a training step's program without its last call. Returns
+    (loss, rows classified right if ``count``)."""
+    tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
+    rows = len(order)
+    ws, _, labels = _bind_batch(net, X, target, order, rows, tape, hyper, s1, s2)
+    last = len(tape.ops) - (2 if fused else 1)
+    prog, _ = tape.step_program(ws, rows, (kind, fused), last, code, labels, count)
+    ws.ctx[KE.LO], ws.ctx[KE.RIGHT] = 0, 0
+    KE.run(prog[:-1], rows)  # the update is the last call
+    _forget(ws)
+    return float(ws.fscal[KE.LOSS]), int(ws.ctx[KE.RIGHT])
 
 
 def run_epoch(net, X, target, loss, opt, order, batch, count=False):

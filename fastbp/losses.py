@@ -86,6 +86,14 @@ class Divergence:
         return {}
 
 
+def correct(Y, target):
+    """Rows of the outputs Y classified right for a prepared target (argmax for class labels
+    or probability rows, y >= 0.5 for one output; see ``kernels.divergences.correct``)."""
+    labels = target if target.ndim == 1 else np.zeros(0, np.int64)
+    d = target if target.ndim == 2 else Y[:0]
+    return KDiv.correct(Y, labels, d)
+
+
 def _float_target(d, rows, width, dtype, name="d"):
     d = _checks.as_numeric(d, name)
     if d.ndim == 1 and width == 1:

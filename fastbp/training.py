@@ -11,13 +11,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import _checks
+from . import _checks, distributed
 from . import engine as E
 from . import io
 from .errors import TrainingError
-from .kernels import divergences as KDiv
 from .kernels import engine as KE
-from .losses import KL, BinaryKL, Divergence
+from .losses import KL, BinaryKL, Divergence, correct
 from .network import not_finite
 from .optim import Optimizer
 
@@ -96,19 +95,12 @@ def _classifies(loss, net):
     return isinstance(loss, KL) or (isinstance(loss, BinaryKL) and net.n_out == 1)
 
 
-def _correct(Y, target):
-    """Rows of Y classified right (see ``kernels.divergences.correct``)."""
-    labels = target if target.ndim == 1 else np.zeros(0, np.int64)
-    d = target if target.ndim == 2 else Y[:0]
-    return KDiv.correct(Y, labels, d)
-
-
 def accuracy_of(net, X, target, loss):
     """Fraction of rows of X the network (in evaluation mode) classifies right: argmax for KL
     (first index on ties), y >= 0.5 for BinaryKL with one output; None for other losses."""
     if not _classifies(loss, net):
         return None
-    return _correct(net.predict(X), target) / X.shape[0]
+    return correct(net.predict(X), target) / X.shape[0]
 
 
 def train_step(net, X, target, loss, optimizer):
@@ -127,7 +119,8 @@ def _progress_bar(show, epochs, initial):
 
 def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuffle=True,
         seed=0, validation=None, progress=True, callbacks=(), patience=None, min_delta=0.0,
-        restore_best=True, checkpoint=None, checkpoint_every=1, resume=None, engine="auto"):
+        restore_best=True, checkpoint=None, checkpoint_every=1, resume=None, engine="auto",
+        comm=None, deterministic=True, block_rows=64):
     """Train ``net`` by gradient descent on the mean divergence.
 
     Parameters
@@ -163,6 +156,15 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
         Run whole epochs in compiled code (networks of built-in nodes, built-in divergences and
         optimizers); "auto" uses it whenever it can, False forces the per-node Python path.
         Both give bit-identical results.
+    comm : mpi4py communicator or None
+        Data-parallel training over MPI (see :mod:`fastbp.distributed`): every rank passes the
+        same X and d (an array or a memory map), each global batch is shared out over the ranks
+        in blocks of ``block_rows`` rows, and the gradient is summed over the ranks. Rank 0
+        writes the checkpoints and shows the progress bar; every rank gets the same history.
+    deterministic : bool
+        With ``comm``: sum the blocks' gradients in block order, so the parameters are
+        bit-identical for any number of ranks (True), or add the ranks' sums with one
+        ``Allreduce``, equal to rounding and moving less data (False).
 
     Returns
     -------
@@ -186,37 +188,34 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     >>> bool(h.accuracy[-1] > 0.95)
     True
     """
-    _checks.instance_of(loss, Divergence, "loss")
-    _checks.instance_of(optimizer, Optimizer, "optimizer")
-    _checks.writable(net.flat_params, "net.flat_params")
-    X = net._input(X)
-    target = loss.target(d, X.shape[0], net.n_out, net.dtype)
+    plan = None if comm is None else distributed.Plan(comm, deterministic, block_rows)
+
+    def prepare():
+        return _prepare(net, X, d, loss, optimizer, batch_size, epochs, validation, patience,
+                        tol)
+
+    X, target, batch_size, epochs, Xv, tv = prepare() if plan is None else \
+        distributed.collectively(comm, prepare)
     T = X.shape[0]
-    if batch_size is not None:
-        batch_size = min(_checks.positive_int(batch_size, "batch_size"), T)
-    epochs = _checks.positive_int(epochs, "epochs")
-    if validation is not None:
-        Xv, dv = validation
-        Xv = net._input(Xv, "validation X")
-        tv = loss.target(dv, Xv.shape[0], net.n_out, net.dtype)
-    if patience is not None and validation is None:
-        raise ValueError("early stopping (patience) needs validation data")
-    if tol is not None and not tol >= 0:
-        raise ValueError(f"tol must be >= 0 or None, got {tol}")
     hint = loss.output_hint(net)
     if hint:
         warnings.warn(hint, stacklevel=2)
 
     use_engine = E.chooses(net, loss, target, optimizer, engine)
+    if plan is not None:
+        plan.use_engine = use_engine
+        distributed.collectively(comm, lambda: distributed.same_shapes(comm, X, target))
+        distributed.warn_oversubscription(comm)
+        plan.start(net)
     rng = np.random.default_rng(seed)
     history, start = History(), 0
     best = (math.inf, None)
     if resume is not None:
         start, history, best = _resume(resume, net, optimizer, rng)
-    bar = _progress_bar(progress, epochs, start)
+    bar = _progress_bar(progress and (plan is None or plan.rank == 0), epochs, start)
     net.train()
     if use_engine and bar is None and validation is None and not callbacks and \
-            checkpoint is None and patience is None:
+            checkpoint is None and patience is None and plan is None:
         _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol,
                       shuffle, rng, history)
         return history
@@ -244,19 +243,44 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
             post["samples/s"] = f"{T / history.epoch_time[-1]:.3g}"
             bar.set_postfix(post)
             bar.update(1)
-        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
+        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0 and \
+                (plan is None or plan.rank == 0):
             _write_checkpoint(checkpoint, net, optimizer, rng, history, epoch + 1, best)
         return _should_stop(history, tol, patience, callbacks, epoch, net)
 
     try:
         epoch_loop(net, X, target, loss, optimizer, batch_size or T, range(start, epochs),
-                   order_of, end_epoch, history, use_engine, classifies)
+                   order_of, end_epoch, history, use_engine, classifies, plan=plan)
     finally:
         if bar is not None:
             bar.close()
     if patience is not None and restore_best and best[1] is not None:
         net.flat_params[...] = best[1]
     return history
+
+
+def _prepare(net, X, d, loss, optimizer, batch_size, epochs, validation, patience, tol):
+    """``fit``'s checks and conversions, before anything changes: (X, target, batch size,
+    epochs, validation X and target or None)."""
+    _checks.instance_of(loss, Divergence, "loss")
+    _checks.instance_of(optimizer, Optimizer, "optimizer")
+    _checks.writable(net.flat_params, "net.flat_params")
+    X = net._input(X)
+    target = loss.target(d, X.shape[0], net.n_out, net.dtype)
+    T = X.shape[0]
+    if batch_size is not None:
+        batch_size = min(_checks.positive_int(batch_size, "batch_size"), T)
+    epochs = _checks.positive_int(epochs, "epochs")
+    Xv = tv = None
+    if validation is not None:
+        Xv, dv = validation
+        Xv = net._input(Xv, "validation X")
+        tv = loss.target(dv, Xv.shape[0], net.n_out, net.dtype)
+    if patience is not None and validation is None:
+        raise ValueError("early stopping (patience) needs validation data")
+    if tol is not None and not tol >= 0:
+        raise ValueError(f"tol must be >= 0 or None, got {tol}")
+    return X, target, batch_size, epochs, Xv, tv
 
 
 def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol, shuffle,
@@ -298,7 +322,7 @@ def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, to
 
 
 def epoch_loop(net, X, target, loss, optimizer, batch, epochs, order_of, end_epoch, history,
-               use_engine, count=False, before_step=None):
+               use_engine, count=False, before_step=None, plan=None):
     """The training loop of ``fit`` and of the scikit-learn estimators' SGD and Adam.
 
     For each epoch in ``epochs``: the optimizer's epoch is set, the rows are visited in
@@ -307,13 +331,19 @@ def epoch_loop(net, X, target, loss, optimizer, batch, epochs, order_of, end_epo
     epoch's mean loss, learning rate and (``count``) training accuracy are appended to
     ``history``, and ``end_epoch(epoch, t0)`` (t0: the epoch's start, ``time.perf_counter``)
     returns True to stop. Returns whether ``end_epoch`` stopped the loop. A non-finite step
-    raises ``TrainingError`` naming the epoch and step, with the last good parameters."""
+    raises ``TrainingError`` naming the epoch and step, with the last good parameters. With a
+    ``distributed.Plan``, each step is shared out over its ranks."""
     T = X.shape[0]
     for epoch in epochs:
         t0 = time.perf_counter()
         optimizer.set_epoch(epoch)
-        total, right = _run_epoch(net, X, target, loss, optimizer, order_of(epoch), batch,
-                                  epoch, history, use_engine, count, before_step)
+        order = order_of(epoch)
+        if plan is not None:
+            total, right = plan.epoch(net, X, target, loss, optimizer, order, batch, epoch,
+                                      history, count)
+        else:
+            total, right = _run_epoch(net, X, target, loss, optimizer, order, batch, epoch,
+                                      history, use_engine, count, before_step)
         history.loss.append(total / T)
         history.lr.append(optimizer.current_lr())
         if count:
@@ -359,7 +389,7 @@ def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, us
             raise TrainingError(f"epoch {epoch}, step {step}: {e}") from None
         total += value * xb.shape[0]
         if count:
-            right += _correct(net._last_output, tb)
+            right += correct(net._last_output, tb)
     return total, right
 
 

@@ -1,0 +1,209 @@
+"""Data-parallel training over MPI: ``fit(net, X, d, ..., comm=comm)``.
+
+Every rank passes the same X and d (an array, or a memory map of one file: only the rows a rank
+works on are read). All ranks draw the same permutation, so every global minibatch of
+``batch_size`` rows is the same on every rank count. Its rows are cut into blocks of
+``block_rows`` consecutive positions, and the blocks are shared out in order: rank r computes
+blocks ``[n r / size, n (r + 1) / size)``. A rank computes each of its blocks' mean gradient
+with the same kernels as a single process (the compiled engine where it runs the network, as
+``fit`` does, else node by node), and weights it by the block's share of the batch.
+
+- ``deterministic=True``: the block gradients are gathered and every rank sums them in block
+  order, so the result does not depend on the number of ranks (or threads): parameters are
+  bit-identical for 1, 2 or 4 ranks. It moves ``blocks x parameters`` numbers per step.
+- ``deterministic=False``: each rank computes the gradient of all its blocks' rows in one call
+  and one ``Allreduce`` adds the ranks' (MPI does not fix the order of that sum: equal to
+  rounding, not bit for bit). It moves one gradient per rank per step.
+
+Every rank then checks the same total gradient and takes the same optimizer step, so the
+parameters stay identical on all ranks without being sent again (they are broadcast from rank 0
+once, at the start). An error on one rank (a bad input, an exception in a step) is announced to
+all ranks at the next exchange, and every rank raises it: none is left waiting. mpi4py is needed
+only by the caller (``pip install "fastbp[mpi]"``); this module calls the communicator's methods.
+"""
+
+import os
+import warnings
+
+import numpy as np
+
+from . import _checks, _config, engine
+from .errors import TrainingError
+from .losses import correct
+from .network import not_finite
+
+
+def collectively(comm, fn):
+    """``fn()`` on every rank; if it raised on any rank, every rank raises that rank's error
+    (the lowest such rank's, its rank named), so no rank waits for one that failed."""
+    try:
+        out, err = fn(), None
+    except Exception as e:  # noqa: BLE001 - passed on to every rank
+        out, err = None, e
+    _raise_any(comm, comm.allgather(_announce(err)), err)
+    return out
+
+
+def _announce(err):
+    return None if err is None else (type(err), str(err))
+
+
+def _raise_any(comm, announced, err):
+    """Raise the lowest rank's error of ``announced`` (one entry per rank) on every rank."""
+    first = next(((r, e) for r, e in enumerate(announced) if e is not None), None)
+    if first is None:
+        return
+    rank, (kind, msg) = first
+    if err is not None and rank == comm.Get_rank():
+        raise err
+    try:
+        e = kind(f"rank {rank}: {msg}")
+    except Exception:  # noqa: BLE001 - an exception type that takes other arguments
+        e = RuntimeError(f"rank {rank}: {kind.__name__}: {msg}")
+    raise e
+
+
+def check_comm(comm):
+    """``comm`` if it looks like an mpi4py communicator; TypeError otherwise."""
+    needed = ("Get_rank", "Get_size", "allgather", "Allgatherv", "Allreduce", "Bcast")
+    missing = [m for m in needed if not hasattr(comm, m)]
+    if missing:
+        raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD); "
+                        f"{type(comm).__name__} has no {', '.join(missing)}")
+    return comm
+
+
+def same_shapes(comm, X, target):
+    """Refuse (ValueError) a run in which the ranks were given data of different shapes."""
+    mine = (X.shape, target.shape, X.dtype.str)
+    shapes = comm.allgather(mine)
+    odd = [r for r, s in enumerate(shapes) if s != shapes[0]]
+    if odd:
+        raise ValueError(f"every rank must pass the same X and d (all rows, or a memory map of "
+                         f"one file); rank 0 has X {shapes[0][0]} and d {shapes[0][1]}, rank "
+                         f"{odd[0]} has X {shapes[odd[0]][0]} and d {shapes[odd[0]][1]}")
+
+
+def warn_oversubscription(comm):
+    """Warn when the ranks on this node times fastbp's threads exceed the node's cores."""
+    try:
+        from mpi4py import MPI
+
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        ranks = local.Get_size()
+        local.Free()
+    except Exception:  # noqa: BLE001 - not mpi4py, or no shared-memory split: cannot tell
+        return
+    threads, cores = _config.get_num_threads(), os.cpu_count() or 1
+    if ranks * threads > cores and comm.Get_rank() == 0:
+        warnings.warn(f"{ranks} ranks x {threads} threads on a node with {cores} cores: the "
+                      f"ranks will wait for each other's threads; set NUMBA_NUM_THREADS or "
+                      f"fb.set_num_threads to {max(1, cores // ranks)}", stacklevel=3)
+
+
+class Plan:
+    """How a run shares its global batches: the communicator, the summation mode and the rows
+    per block."""
+
+    def __init__(self, comm, deterministic=True, block_rows=64):
+        self.comm = check_comm(comm)
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.deterministic = bool(deterministic)
+        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or \
+                block_rows < 1:
+            raise ValueError(f"block_rows must be a positive int, got {block_rows!r}")
+        self.block_rows = int(block_rows)
+        self.use_engine = False  # set by fit: blocks through the compiled engine
+        self._buffers = {}
+
+    def start(self, net):
+        """Every rank starts from rank 0's parameters."""
+        self.comm.Bcast(net.flat_params, root=0)
+
+    def epoch(self, net, X, target, loss, optimizer, order, batch, epoch, history, count):
+        """One epoch of global batches (rows ``order``, or in order if None); returns (sum of
+        batch loss * rows, rows classified right while training if ``count``)."""
+        T = X.shape[0]
+        total, right = 0.0, 0
+        for step, lo in enumerate(range(0, T, batch)):
+            hi = min(lo + batch, T)
+            rows = np.arange(lo, hi) if order is None else order[lo:hi]
+            try:
+                value, r = self.step(net, X, target, loss, optimizer, rows, count)
+            except TrainingError as e:
+                history.stop_reason = "non-finite"
+                raise TrainingError(f"epoch {epoch}, step {step}: {e}") from None
+            total += value * (hi - lo)
+            right += r
+        return total, right
+
+    def step(self, net, X, target, loss, optimizer, rows, count):
+        """One optimizer step on the global batch ``rows``; returns (its mean loss, rows right)."""
+        B, P = rows.shape[0], net.flat_params.size
+        n = -(-B // self.block_rows)
+        b0, b1 = self.blocks(n, self.rank)
+        # deterministic: each of this rank's blocks apart; else all its rows in one call
+        spans = [(j * self.block_rows, (j + 1) * self.block_rows) for j in range(b0, b1)] \
+            if self.deterministic else [(b0 * self.block_rows, b1 * self.block_rows)]
+        every = self._buffer(("blocks", n, P, net.dtype.str), (n, P), net.dtype) \
+            if self.deterministic else None
+        mine = None if self.deterministic else \
+            self._buffer(("sum", P, net.dtype.str), (P,), net.dtype)
+        values, right, err = np.zeros(len(spans)), 0, None
+        try:
+            for k, (lo, hi) in enumerate(spans):
+                idx = rows[lo:hi]
+                if idx.shape[0] == 0:
+                    mine[...] = 0
+                    continue
+                if self.use_engine:
+                    v, r = engine.gradient(net, X, target, loss, optimizer, idx, count)
+                else:
+                    tb = target[idx]
+                    v, _ = net._loss_and_grad(np.ascontiguousarray(X[idx], net.dtype), tb,
+                                              loss, need_dx=False)
+                    r = correct(net._last_output, tb) if count else 0
+                w = idx.shape[0] / B  # the rows' share of the batch's mean
+                np.multiply(net.flat_grads, net.dtype.type(w),
+                            out=every[b0 + k] if self.deterministic else mine)
+                values[k] = v * w
+                right += r
+        except Exception as e:  # noqa: BLE001 - announced to every rank below
+            err = e
+        parts = self.comm.allgather((values, right, _announce(err)))
+        _raise_any(self.comm, [a for _, _, a in parts], err)
+        value = 0.0
+        for v, _, _ in parts:  # block order: rank by rank, each rank's blocks in order
+            for x in v:
+                value += x
+        g = net.flat_grads
+        if self.deterministic:
+            if self.size > 1:  # every rank's blocks into their places, in place
+                from mpi4py import MPI
+
+                counts = [(self.blocks(n, r)[1] - self.blocks(n, r)[0]) * P
+                          for r in range(self.size)]
+                self.comm.Allgatherv(MPI.IN_PLACE, [every, counts, list(np.cumsum(
+                    [0] + counts[:-1])), MPI.FLOAT if net.dtype == np.float32 else MPI.DOUBLE])
+            g[...] = every[0]
+            for j in range(1, n):
+                g += every[j]
+        else:
+            self.comm.Allreduce(mine, g)
+        if not (np.isfinite(value) and _checks.all_finite(g)):
+            raise TrainingError(not_finite(net, loss))
+        optimizer.step(net)
+        return value, sum(r for _, r, _ in parts)
+
+    def _buffer(self, key, shape, dtype):
+        """A buffer kept from step to step (a new one each step costs its page faults: 336 MB
+        of them per W4 step)."""
+        if key not in self._buffers:
+            if len(self._buffers) >= 4:  # full and last batches, blocks and sums
+                self._buffers.clear()
+            self._buffers[key] = np.empty(shape, dtype)
+        return self._buffers[key]
+
+    def blocks(self, n, rank):
+        """The blocks ``[first, end)`` of n that ``rank`` computes."""
+        return n * rank // self.size, n * (rank + 1) // self.size

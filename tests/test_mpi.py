@@ -1,0 +1,118 @@
+"""Data-parallel training over MPI (fastbp.distributed): runs of tests/mpi_job.py under
+``mpiexec`` with 1, 2 and 3 ranks, each bounded in time."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec") or str(pathlib.Path(sys.executable).parent / "mpiexec")
+if not os.path.exists(MPIEXEC):
+    pytest.skip("no mpiexec (pip install mpich)", allow_module_level=True)
+
+JOB = pathlib.Path(__file__).resolve().parent / "mpi_job.py"
+ROOT = JOB.parent.parent
+
+
+def run(tmp_path, ranks, timeout=120, threads=1, name="run", **cfg):
+    """Every rank's status (a dict) and rank 0's parameters and losses (or None)."""
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps(cfg))
+    out = tmp_path / name
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    p = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(JOB), str(config),
+                        str(out)], env=env, capture_output=True, text=True, timeout=timeout)
+    statuses = []
+    for r in range(ranks):
+        f = pathlib.Path(f"{out}.rank{r}.json")
+        statuses.append(json.loads(f.read_text()) if f.exists() else None)
+    npz = pathlib.Path(f"{out}.npz")
+    result = dict(np.load(npz)) if npz.exists() else None
+    return p, statuses, result
+
+
+def test_deterministic_parameters_are_bit_identical_for_1_2_and_3_ranks(tmp_path):
+    runs = {n: run(tmp_path, n, name=f"det{n}") for n in (1, 2, 3)}
+    for n, (p, statuses, result) in runs.items():
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert all(s["ok"] for s in statuses), statuses
+        assert all(s["loss"] == statuses[0]["loss"] for s in statuses)  # one history
+    one = runs[1][2]
+    for n in (2, 3):
+        np.testing.assert_array_equal(runs[n][2]["params"], one["params"])
+        np.testing.assert_array_equal(runs[n][2]["loss"], one["loss"])
+
+
+def test_the_engine_and_node_by_node_give_the_same_bits(tmp_path):
+    _, _, compiled = run(tmp_path, 2, name="compiled")
+    _, _, nodes = run(tmp_path, 2, name="nodes", engine=False)
+    np.testing.assert_array_equal(compiled["params"], nodes["params"])
+
+
+def test_results_do_not_depend_on_threads_per_rank(tmp_path):
+    _, _, a = run(tmp_path, 1, threads=2, name="t2")
+    _, _, b = run(tmp_path, 2, threads=1, name="t1")
+    np.testing.assert_array_equal(a["params"], b["params"])
+
+
+def test_allreduce_mode_agrees_to_rounding(tmp_path):
+    _, _, det = run(tmp_path, 1, name="det", epochs=1, adam=True)
+    p, statuses, fast = run(tmp_path, 2, name="fast", epochs=1, adam=True, det=False)
+    assert p.returncode == 0 and all(s["ok"] for s in statuses), p.stderr[-2000:]
+    scale = np.abs(det["params"]).max()
+    np.testing.assert_allclose(fast["params"], det["params"], rtol=1e-6, atol=1e-6 * scale)
+    assert fast["params"].dtype == np.float32
+
+
+def test_equals_one_process_on_the_same_batches_to_rounding(tmp_path):
+    import fastbp as fb
+
+    sys.path.insert(0, str(JOB.parent))
+    import mpi_job
+
+    _, _, dist = run(tmp_path, 2, name="dist", adam=True)
+    X, d = mpi_job.data()
+    net = mpi_job.net(fb)
+    fb.fit(net, X, d, fb.KL(), fb.Adam(lr=0.01), batch_size=64, epochs=2, tol=None,
+           progress=False, seed=3)
+    np.testing.assert_allclose(dist["params"], net.flat_params, rtol=2e-5, atol=2e-6)
+
+
+def test_a_bad_shard_on_one_rank_stops_every_rank_with_its_error(tmp_path):
+    p, statuses, _ = run(tmp_path, 2, timeout=90, name="nan", fault="nan")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [s["ok"] for s in statuses] == [False, False]
+    assert all(s["error"] == "ValueError" for s in statuses), statuses
+    assert "NaN" in statuses[1]["message"]
+    assert statuses[0]["message"].startswith("rank 1: ") and "NaN" in statuses[0]["message"]
+
+
+def test_divergence_stops_every_rank_with_the_same_training_error(tmp_path):
+    p, statuses, _ = run(tmp_path, 2, timeout=90, name="div", lr=3e38, epochs=3)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert all(not s["ok"] and s["error"] == "TrainingError" for s in statuses), statuses
+    assert statuses[0]["message"] == statuses[1]["message"]
+    assert "not finite" in statuses[0]["message"]
+
+
+def test_a_killed_rank_ends_the_job_within_seconds(tmp_path):
+    p, statuses, _ = run(tmp_path, 2, timeout=60, name="kill", fault="kill", epochs=50)
+    assert p.returncode != 0
+    assert statuses[1] is None  # the killed rank wrote nothing
+
+
+def test_resume_with_another_number_of_ranks_is_bit_identical(tmp_path):
+    ck = str(tmp_path / "ck.npz")
+    _, _, straight = run(tmp_path, 1, name="straight", epochs=4)
+    p, _, _ = run(tmp_path, 2, name="first", epochs=2, checkpoint=ck)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p, statuses, resumed = run(tmp_path, 3, name="second", epochs=4, resume=ck, checkpoint=ck)
+    assert p.returncode == 0 and all(s["ok"] for s in statuses), (p.stderr[-2000:], statuses)
+    np.testing.assert_array_equal(resumed["params"], straight["params"])
+    np.testing.assert_array_equal(resumed["loss"], straight["loss"])
