@@ -90,9 +90,14 @@ def _where(pos):
 
 
 def all_finite(a):
-    """No NaN or inf in the float array ``a``. A finite sum proves it without a temporary; a
-    sum that overflows (or meets NaN or inf) is settled element by element."""
-    return math.isfinite(np.add.reduce(a, axis=None)) or bool(np.isfinite(a).all())
+    """No NaN or inf in the float array ``a``. For a large array a finite sum proves it without
+    a temporary of its size; a sum that overflows (or meets NaN or inf) is settled element by
+    element. For a small one the element test is as quick."""
+    if a.size >= 4096:
+        with np.errstate(all="ignore"):  # the sum's overflow or inf - inf is no news
+            if math.isfinite(np.add.reduce(a, axis=None)):
+                return True
+    return bool(np.isfinite(a).all())
 
 
 def check_finite(a, name, block=1 << 20, error=ValueError):

@@ -169,3 +169,23 @@ def test_bad_configuration_raises(case):
 def test_pair_product_alone_refuses_odd_width():
     with pytest.raises(ValueError, match=re.escape("even input width, got shape (2, 3)")):
         fb.PairProduct().forward(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("n", [10, 5000])  # the element test, and the sum first
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_all_finite_is_exact_and_quiet(n, dtype):
+    import warnings
+
+    from fastbp._checks import all_finite
+
+    big = np.finfo(dtype).max
+    cases = {"finite": np.ones(n, dtype), "overflowing sum": np.full(n, big, dtype),
+             "nan": np.ones(n, dtype), "inf": np.ones(n, dtype), "inf - inf": np.ones(n, dtype)}
+    cases["nan"][n // 2] = np.nan
+    cases["inf"][-1] = np.inf
+    cases["inf - inf"][:2] = [np.inf, -np.inf]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning reaches the user
+        got = {k: all_finite(v) for k, v in cases.items()}
+    assert got == {"finite": True, "overflowing sum": True, "nan": False, "inf": False,
+                   "inf - inf": False}
