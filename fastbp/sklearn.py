@@ -265,8 +265,9 @@ class _BaseMLP(BaseEstimator):
                 f"{{{', '.join(map(repr, sorted(_HIDDEN_ACTIVATIONS)))}}}. "
                 f"Got {self.activation!r} instead ({why}).")
         dt = np.dtype(self.dtype) if self.dtype is not None else None
-        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if dt not in (None, np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64 (or None: as the input), got "
+                            f"{self.dtype!r}")
         sizes = self.hidden_layer_sizes
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
         if any(isinstance(s, bool) or not isinstance(s, Integral) or s <= 0 for s in sizes):
@@ -284,6 +285,10 @@ class _BaseMLP(BaseEstimator):
         first_pass = "network_" not in self.__dict__ or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         X = _dense(X)
+        if dtype is None:  # as scikit-learn: float32 input stays float32 (but for L-BFGS-B,
+            # which scipy runs in float64), any other float64
+            dtype = self.network_.dtype if not first_pass else np.dtype(np.float64) \
+                if self.solver == "lbfgs" else X.dtype
         target, n_outputs = self._target(y)
         layer_units = [X.shape[1]] + hidden + [n_outputs]
         self._random_state = check_random_state(self.random_state)
@@ -575,8 +580,11 @@ _COMMON_DOC = """
         as scikit-learn refuses it (``InvalidParameterError``, a ``ValueError``).
         ``solver='lbfgs'`` minimises the full-batch loss with scipy's L-BFGS-B (``max_iter``,
         ``max_fun``, ``tol`` as in scikit-learn).
-    dtype : float32 or float64, default float64
-        fastbp extra: the dtype of the network's parameters and computations.
+    dtype : float32, float64 or None, default None
+        fastbp extra: the dtype of the network's parameters and computations. None: as
+        scikit-learn, the input's (float32 input gives float32 ``coefs_``, ``intercepts_``
+        and predictions, except with ``solver='lbfgs'``, which works in float64; any other
+        input float64); a later ``partial_fit`` or warm start keeps the network's.
     n_threads : int or None, default None
         fastbp extra: threads for fit and predict (None: the current ``fastbp.get_num_threads``).
 
@@ -622,7 +630,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=np.float64, n_threads=None):
+                 dtype=None, n_threads=None):
         _store_params(self, locals())
 
     def _out_activation(self):
@@ -735,7 +743,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=np.float64, n_threads=None):
+                 dtype=None, n_threads=None):
         _store_params(self, locals())
 
     def _check_params(self):

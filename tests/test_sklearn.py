@@ -289,3 +289,35 @@ def test_convergence_warning_at_max_iter():
     X, y = DATA["regression"]
     with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
         MLPRegressor(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, y)
+
+
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+@pytest.mark.parametrize("in_dtype", [np.float32, np.float64, np.int64])
+def test_the_input_dtype_carries_through_as_in_scikit_learn(in_dtype, solver):
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((80, 5)) * 3).astype(in_dtype)
+    y = X[:, 0].astype(np.float64) - X[:, 1]
+    labels = (y > 0).astype(int) + (y > 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for fb_cls, sk_cls, target in [(MLPRegressor, skn.MLPRegressor, y),
+                                       (MLPClassifier, skn.MLPClassifier, labels)]:
+            ours = fb_cls(hidden_layer_sizes=(6,), solver=solver, max_iter=5,
+                          random_state=0).fit(X, target)
+            theirs = sk_cls(hidden_layer_sizes=(6,), solver=solver, max_iter=5,
+                            random_state=0).fit(X, target)
+            for attr in ("coefs_", "intercepts_"):
+                assert [a.dtype for a in getattr(ours, attr)] == \
+                    [a.dtype for a in getattr(theirs, attr)], (fb_cls.__name__, attr)
+            assert ours.predict(X).dtype == theirs.predict(X).dtype
+            if fb_cls is MLPClassifier:
+                assert ours.predict_proba(X).dtype == theirs.predict_proba(X).dtype
+    # an explicit dtype still wins, and a warm start keeps the network's
+    clf = MLPRegressor(hidden_layer_sizes=(6,), max_iter=2, dtype=np.float64, warm_start=True,
+                       random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X.astype(np.float32), y)
+        assert clf.coefs_[0].dtype == np.float64
+        clf.set_params(dtype=None).fit(X.astype(np.float64), y)
+        assert clf.coefs_[0].dtype == np.float64
