@@ -81,6 +81,12 @@ class Optimizer:
     def current_lr(self):
         return self.lr * (self.schedule.factor(self.epoch) if self.schedule else 1.0)
 
+    @property
+    def learning_rate(self):
+        """The current learning rate (``current_lr()``), under scikit-learn's optimizers'
+        name for it: code written for scikit-learn reads ``est._optimizer.learning_rate``."""
+        return self.current_lr()
+
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 

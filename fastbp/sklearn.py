@@ -139,6 +139,17 @@ def _threads(n):
         set_num_threads(before)
 
 
+def _set_rate(opt, lr):
+    """Change SGD's learning rate as scikit-learn does. Its momentum keeps each past step at
+    the rate it was taken with (u = mu u - lr g, p += u); fastbp's, PyTorch's, applies the
+    current rate to the whole velocity (v = mu v + g, p -= lr v). Scaling v by old / new rate
+    when the rate changes makes the two the same."""
+    v = opt.state.get("v") if isinstance(opt, SGD) and opt.momentum else None
+    if v is not None and lr != opt.lr:
+        v *= opt.lr / lr
+    opt.lr = lr
+
+
 def _store_params(estimator, params):
     """Keep each constructor argument as an attribute of the same name, as given (scikit-learn's
     rule for ``__init__``; its signature names the parameters)."""
@@ -423,7 +434,7 @@ class _BaseMLP(BaseEstimator):
             else:
                 self._update_no_improvement_count()
             if self.solver == "sgd" and self.learning_rate == "invscaling":
-                opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+                _set_rate(opt, float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t)
             return self._no_improvement_count > self.n_iter_no_change and \
                 self._trigger_stopping(opt, validation is not None)
 
@@ -458,7 +469,7 @@ class _BaseMLP(BaseEstimator):
             if self.verbose:
                 print(msg + " Learning rate too small. Stopping.")
             return True
-        opt.lr /= 5.0
+        _set_rate(opt, opt.lr / 5.0)
         if self.verbose:
             print(msg + " Setting learning rate to %f" % opt.lr)
         self._no_improvement_count = 0

@@ -321,3 +321,29 @@ def test_the_input_dtype_carries_through_as_in_scikit_learn(in_dtype, solver):
         assert clf.coefs_[0].dtype == np.float64
         clf.set_params(dtype=None).fit(X.astype(np.float64), y)
         assert clf.coefs_[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("schedule", ["invscaling", "adaptive"])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_sgd_schedules_follow_scikit_learn_across_a_warm_start(schedule, nesterov):
+    # scikit-learn's momentum keeps each step at the rate it was taken with; fastbp rescales
+    # its velocity when the rate changes, so both take the same steps and stop at the same
+    # epoch; a second fit with warm_start continues scikit-learn's step count t_.
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = X[:600] / 16
+    y = y[:600]
+    kw = dict(hidden_layer_sizes=(16,), solver="sgd", learning_rate=schedule,
+              learning_rate_init=0.1, nesterovs_momentum=nesterov, max_iter=30,
+              n_iter_no_change=2, tol=1e-2, alpha=0.0, random_state=0, warm_start=True)
+    ours, theirs = MLPClassifier(**kw), skn.MLPClassifier(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(2):
+            ours.fit(X, y)
+            theirs.fit(X, y)
+            assert (ours.n_iter_, ours.t_) == (theirs.n_iter_, theirs.t_)
+            assert ours._optimizer.learning_rate == pytest.approx(
+                theirs._optimizer.learning_rate, rel=1e-12)
+            np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
