@@ -116,6 +116,18 @@ class Plan:
         self.use_engine = False  # set by fit: blocks through the compiled engine
         self._buffers = {}
 
+    def any_rank(self, fn):
+        """``fn()`` on every rank (an epoch's end: validation, callbacks, checkpoint); True on
+        every rank if it returned true on any, and any rank's error raised on every rank, so
+        the ranks stop together."""
+        try:
+            out, err = bool(fn()), None
+        except Exception as e:  # noqa: BLE001 - announced to every rank
+            out, err = False, e
+        parts = self.comm.allgather((out, _announce(err)))
+        _raise_any(self.comm, [a for _, a in parts], err)
+        return any(o for o, _ in parts)
+
     def start(self, net):
         """Every rank starts from rank 0's parameters."""
         self.comm.Bcast(net.flat_params, root=0)

@@ -211,7 +211,8 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     history, start = History(), 0
     best = (math.inf, None)
     if resume is not None:
-        start, history, best = _resume(resume, net, optimizer, rng)
+        start, history, best = _resume(resume, net, optimizer, rng) if plan is None else \
+            distributed.collectively(comm, lambda: _resume(resume, net, optimizer, rng))
     bar = _progress_bar(progress and (plan is None or plan.rank == 0), epochs, start)
     net.train()
     if use_engine and bar is None and validation is None and not callbacks and \
@@ -348,7 +349,11 @@ def epoch_loop(net, X, target, loss, optimizer, batch, epochs, order_of, end_epo
         history.lr.append(optimizer.current_lr())
         if count:
             history.accuracy.append(right / T)
-        if end_epoch(epoch, t0):
+        stop = end_epoch(epoch, t0) if plan is None else \
+            plan.any_rank(lambda: end_epoch(epoch, t0))
+        if stop:
+            if plan is not None:
+                history.stop_reason = history.stop_reason or "another rank stopped"
             return True
     history.stop_reason = history.stop_reason or "epochs"
     return False

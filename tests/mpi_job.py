@@ -39,6 +39,10 @@ def main(config_path, out):
     callbacks = []
     if cfg.get("fault") == "kill" and rank == 1:
         callbacks.append(lambda epoch, h, n: os.kill(os.getpid(), signal.SIGKILL))
+    if cfg.get("fault") == "callback_raises" and rank == 1:
+        callbacks.append(lambda epoch, h, n: 1 / 0)
+    if cfg.get("fault") == "callback_stops" and rank == 0:
+        callbacks.append(lambda epoch, h, n: epoch == 1)
     opt = fb.Adam(lr=cfg.get("lr", 0.01)) if cfg.get("adam") else fb.SGD(lr=cfg.get("lr", 0.1),
                                                                              momentum=0.9)
     status = {"rank": rank, "size": comm.Get_size()}

@@ -101,6 +101,19 @@ def test_divergence_stops_every_rank_with_the_same_training_error(tmp_path):
     assert "not finite" in statuses[0]["message"]
 
 
+def test_an_epoch_end_on_one_rank_decides_for_all(tmp_path):
+    # a callback that raises on rank 1 only: every rank raises it
+    p, statuses, _ = run(tmp_path, 2, timeout=90, name="raises", fault="callback_raises")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [s["error"] for s in statuses] == ["ZeroDivisionError"] * 2, statuses
+    assert statuses[0]["message"].startswith("rank 1: ")
+    # a callback that stops on rank 0 only: every rank stops after the same epoch
+    p, statuses, _ = run(tmp_path, 2, timeout=90, name="stops", fault="callback_stops",
+                         epochs=5)
+    assert p.returncode == 0 and all(s["ok"] for s in statuses), (p.stderr[-2000:], statuses)
+    assert [len(s["loss"]) for s in statuses] == [2, 2]
+
+
 def test_a_killed_rank_ends_the_job_within_seconds(tmp_path):
     p, statuses, _ = run(tmp_path, 2, timeout=60, name="kill", fault="kill", epochs=50)
     assert p.returncode != 0
