@@ -1,7 +1,7 @@
 """Data-parallel training over MPI: ``fit(net, X, d, ..., comm=comm)``.
 
-Every rank passes the same X and d (an array, or a memory map of one file: only the rows a rank
-works on are read). All ranks draw the same permutation, so every global minibatch of
+Every rank passes the same X and d (an array, or a memory map of one file in the network's
+dtype: each rank checks it once for NaN and inf, then reads only the rows it trains on). All ranks draw the same permutation, so every global minibatch of
 ``batch_size`` rows is the same on every rank count. Its rows are cut into blocks of
 ``block_rows`` consecutive positions, and the blocks are shared out in order: rank r computes
 blocks ``[n r / size, n (r + 1) / size)``. A rank computes each of its blocks' mean gradient
