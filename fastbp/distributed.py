@@ -1,8 +1,9 @@
 """Data-parallel training over MPI: ``fit(net, X, d, ..., comm=comm)``.
 
 Every rank passes the same X and d (an array, or a memory map of one file in the network's
-dtype: each rank checks it once for NaN and inf, then reads only the rows it trains on). All ranks draw the same permutation, so every global minibatch of
-``batch_size`` rows is the same on every rank count. Its rows are cut into blocks of
+dtype: each rank checks it once for NaN and inf, then reads only the rows it trains on). All
+ranks draw the same permutation, so every global minibatch of ``batch_size`` rows is the same
+on every rank count. Its rows are cut into blocks of
 ``block_rows`` consecutive positions, and the blocks are shared out in order: rank r computes
 blocks ``[n r / size, n (r + 1) / size)``. A rank computes each of its blocks' mean gradient
 with the same kernels as a single process (the compiled engine where it runs the network, as
@@ -10,7 +11,8 @@ with the same kernels as a single process (the compiled engine where it runs the
 
 - ``deterministic=True``: the block gradients are gathered and every rank sums them in block
   order, so the result does not depend on the number of ranks (or threads): parameters are
-  bit-identical for 1, 2 or 4 ranks. It moves ``blocks x parameters`` numbers per step.
+  bit-identical for any number of ranks (tested with 1, 2 and 3). It moves ``blocks x
+  parameters`` numbers per step, and at most ``blocks`` ranks share a batch.
 - ``deterministic=False``: each rank computes the gradient of all its blocks' rows in one call
   and one ``Allreduce`` adds the ranks' (MPI does not fix the order of that sum: equal to
   rounding, not bit for bit). It moves one gradient per rank per step.
