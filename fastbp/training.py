@@ -165,6 +165,9 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
         With ``comm``: sum the blocks' gradients in block order, so the parameters are
         bit-identical for any number of ranks (True), or add the ranks' sums with one
         ``Allreduce``, equal to rounding and moving less data (False).
+    block_rows : int
+        With ``comm``: the rows per block of a global batch (at most ``batch_size /
+        block_rows`` ranks share a batch in deterministic mode).
 
     Returns
     -------
