@@ -154,3 +154,23 @@ def writable(a, name):
         raise ValueError(f"{name} is read-only (shape {a.shape}, e.g. after setflags(write=False) "
                          f"or from a read-only memmap) and training updates it in place; train "
                          f"a writable copy: net = net.astype(net.dtype)")
+
+
+def sample_weight(w, rows, name="sample_weight"):
+    """Per-instance weights as float64 (None stays None): 1-D with one weight per row, finite,
+    >= 0 and not all 0."""
+    if w is None:
+        return None
+    w = as_numeric(w, name)
+    if w.ndim == 2 and 1 in w.shape:
+        w = w.ravel()
+    if w.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, one weight per row, got shape {w.shape}")
+    check_rows(w, name, rows)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    check_finite(w, name)
+    if w.size and w.min() < 0:
+        raise ValueError(f"{name} must be >= 0; index {int(np.argmin(w))} holds {w.min()}")
+    if w.size and not w.sum() > 0:
+        raise ValueError(f"{name} is 0 for every row: the weighted mean is undefined")
+    return w

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _checks, _config, engine
 from .errors import TrainingError
+from .kernels import divergences as KDiv
 from .losses import correct
 from .network import not_finite
 
@@ -134,26 +135,32 @@ class Plan:
         """Every rank starts from rank 0's parameters."""
         self.comm.Bcast(net.flat_params, root=0)
 
-    def epoch(self, net, X, target, loss, optimizer, order, batch, epoch, history, count):
+    def epoch(self, net, X, target, loss, optimizer, order, batch, epoch, history, count,
+              weights=None):
         """One epoch of global batches (rows ``order``, or in order if None); returns (sum of
-        batch loss * rows, rows classified right while training if ``count``)."""
+        batch loss * batch weight, sum of batch loss * rows, rows classified right while
+        training if ``count``); ``weights``: the rows' sample weights or None."""
         T = X.shape[0]
-        total, right = 0.0, 0
+        total, by_rows, right = 0.0, 0.0, 0
         for step, lo in enumerate(range(0, T, batch)):
             hi = min(lo + batch, T)
             rows = np.arange(lo, hi) if order is None else order[lo:hi]
             try:
-                value, r = self.step(net, X, target, loss, optimizer, rows, count)
+                value, r = self.step(net, X, target, loss, optimizer, rows, count, weights)
             except TrainingError as e:
                 history.stop_reason = "non-finite"
                 raise TrainingError(f"epoch {epoch}, step {step}: {e}") from None
-            total += value * (hi - lo)
+            total += value * (hi - lo if weights is None else KDiv.total(weights[rows]))
+            by_rows += value * (hi - lo)
             right += r
-        return total, right
+        return total, by_rows, right
 
-    def step(self, net, X, target, loss, optimizer, rows, count):
-        """One optimizer step on the global batch ``rows``; returns (its mean loss, rows right)."""
+    def step(self, net, X, target, loss, optimizer, rows, count, weights=None):
+        """One optimizer step on the global batch ``rows``; returns (its mean loss, rows right).
+        Each block's gradient, a mean over its rows, counts by the block's share of the
+        batch's weight (its rows, or with ``weights`` the sum of their sample weights)."""
         B, P = rows.shape[0], net.flat_params.size
+        weight = float(B) if weights is None else KDiv.total(weights[rows])
         n = -(-B // self.block_rows)
         b0, b1 = self.blocks(n, self.rank)
         # deterministic: each of this rank's blocks apart; else all its rows in one call
@@ -170,14 +177,17 @@ class Plan:
                 if idx.shape[0] == 0:
                     mine[...] = 0
                     continue
+                wb = None if weights is None else weights[idx]
                 if self.use_engine:
-                    v, r = engine.gradient(net, X, target, loss, optimizer, idx, count)
+                    v, r, _ = engine.gradient(net, X, target, loss, optimizer, idx, count,
+                                              weights)
                 else:
                     tb = target[idx]
                     v, _ = net._loss_and_grad(np.ascontiguousarray(X[idx], net.dtype), tb,
-                                              loss, need_dx=False)
+                                              loss, need_dx=False, weights=wb)
                     r = correct(net._last_output, tb) if count else 0
-                w = idx.shape[0] / B  # the rows' share of the batch's mean
+                # the rows' share of the batch's mean
+                w = (idx.shape[0] if wb is None else KDiv.total(wb)) / weight
                 np.multiply(net.flat_grads, net.dtype.type(w),
                             out=every[b0 + k] if self.deterministic else mine)
                 values[k] = v * w

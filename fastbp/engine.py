@@ -8,6 +8,7 @@ import numpy as np
 from ._config import op_kernel, serial_twin_of
 from .errors import Unsupported
 from .kernels import dense as KD
+from .kernels import divergences as KDiv
 from .kernels import engine as KE
 from .kernels import optim as KO
 
@@ -69,8 +70,8 @@ class Workspace:
     registers placed, the ``ctx`` fields that point at all of them, and the programs built so
     far (by phase and rows)."""
 
-    __slots__ = ("capacity", "ops", "act", "grad", "iact", "wt", "blabels", "bd", "div", "ok",
-                 "ctx", "fscal", "programs", "loss_op", "out", "bound")
+    __slots__ = ("capacity", "ops", "act", "grad", "iact", "wt", "blabels", "bd", "bw", "div",
+                 "ok", "ctx", "fscal", "programs", "loss_op", "out", "bound")
 
 
 class Tape:
@@ -197,6 +198,7 @@ class Tape:
             if op.forward is not None and op.forward[0] is KE.max_forward:
                 ws.ops[k, KE.A3] = istarts[op.fields[KE.A3]]
         ws.blabels = np.zeros(rows, np.int64)
+        ws.bw = np.zeros(rows, np.float64)
         ws.div = np.zeros(rows, np.float64)
         ws.ok = np.zeros(-(-self.net.flat_params.size // KO.FINITE_BLOCK) + 1, np.bool_)
         ws.fscal = np.zeros(KE.N_FSCAL, np.float64)
@@ -205,7 +207,8 @@ class Tape:
         for name, a in ((KE.ACT, ws.act), (KE.GRAD, ws.grad), (KE.IACT, ws.iact),
                         (KE.CONSTS, self.consts), (KE.ICONSTS, self.iconsts),
                         (KE.SCRATCH, ws.wt), (KE.ZEROS, self.zeros), (KE.DBIAS, self.dbias),
-                        (KE.FP, self.fp), (KE.BLABELS, ws.blabels), (KE.DIV, ws.div),
+                        (KE.FP, self.fp), (KE.BLABELS, ws.blabels), (KE.BW, ws.bw),
+                        (KE.DIV, ws.div),
                         (KE.FSCAL, ws.fscal), (KE.OK, ws.ok)):
             ws.ctx[name] = a.ctypes.data
         # The loss stage's row: the output y, and z, the last op's input (for the fused kinds).
@@ -246,20 +249,21 @@ class Tape:
                  for k, op in enumerate(self.ops)]
         return [c for c in calls if c[0] is not None]
 
-    def step_program(self, ws, rows, loss, last, update, labels, count):
+    def step_program(self, ws, rows, loss, last, update, labels, count, weighted=False):
         """A training step's calls on ``rows`` rows and how many come before the update: load
-        the batch, forward, the loss, backward from op ``last`` down, the finite check; then
-        the count of rows right (if ``count``) and the update. ``loss`` is (leaf kernel,
-        fused), ``update`` (op function, leaf kernel)."""
-        key = ("step", rows, loss, last, update, labels, count)
+        the batch, forward, the loss (weighted by sample weights if ``weighted``), backward
+        from op ``last`` down, the finite check; then the count of rows right (if ``count``)
+        and the update. ``loss`` is (leaf kernel, fused), ``update`` (op function, leaf
+        kernel)."""
+        key = ("step", rows, loss, last, update, labels, count, weighted)
         if key in ws.programs:
             return ws.programs[key]
         dt, loss_op = self.net.dtype.type, ws.loss_op.ctypes.data
         par = rows * self.n_out >= KE.PAR_MIN_WORK
-        calls = [(op_kernel(KE.load_batch, dt, BY_LABEL=labels), 0)]
+        calls = [(op_kernel(KE.load_batch, dt, BY_LABEL=labels, WEIGHTED=weighted), 0)]
         calls += self._forward_calls(ws, dt, rows)
         calls.append((op_kernel(KE.loss, dt, KERNEL=loss[0] if par else serial_twin_of(loss[0]),
-                                FUSED=loss[1], BY_LABEL=labels), loss_op))
+                                FUSED=loss[1], BY_LABEL=labels, WEIGHTED=weighted), loss_op))
         for k in range(last, -1, -1):
             kernel = self.ops[k].backward_kernel(dt, rows)
             if kernel is not None:
@@ -327,7 +331,7 @@ def chooses(net, loss, target, opt, wanted="auto"):
     return True
 
 
-def _bind_batch(net, X, target, orders, batch, tape, hyper, s1, s2):
+def _bind_batch(net, X, target, orders, batch, tape, hyper, s1, s2, weights=None):
     """The workspace for batches of ``batch`` rows with ctx pointing at this call's arrays
     (which the caller keeps alive, and forgets with ``_forget``), and the arrays as passed."""
     dt = net.dtype
@@ -346,51 +350,60 @@ def _bind_batch(net, X, target, orders, batch, tape, hyper, s1, s2):
     c[KE.LABELS if labels else KE.D] = target.ctypes.data
     c[KE.BD] = ws.bd[width].ctypes.data
     c[KE.HYPER], c[KE.STATE1], c[KE.STATE2] = hyper.ctypes.data, s1.ctypes.data, s2.ctypes.data
-    return ws, (X, target, orders), labels
+    if weights is not None:
+        weights = np.ascontiguousarray(weights, np.float64)
+        c[KE.SW] = weights.ctypes.data
+    return ws, (X, target, orders, weights), labels
 
 
 def _forget(ws):
-    ws.ctx[[KE.X, KE.ORDER, KE.LABELS, KE.D, KE.HYPER]] = 0  # this call's arrays: not kept
+    ws.ctx[[KE.X, KE.ORDER, KE.LABELS, KE.D, KE.HYPER, KE.SW]] = 0  # this call's arrays
 
 
-def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count):
+def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, weights=None):
     """Several epochs in one compiled call (see ``kernels.engine.train_epochs``); returns the
-    per-epoch rows (loss sum, steps, first bad step or -1, rows right) of the epochs run."""
+    per-epoch rows (loss sum by weight, steps, first bad step or -1, rows right, loss sum by
+    rows) of the epochs run. ``weights``: the rows' sample weights (None: unweighted)."""
     tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
-    ws, (X, target, orders), labels = _bind_batch(net, X, target, orders, batch, tape, hyper,
-                                                  s1, s2)
+    ws, (X, target, orders, weights), labels = _bind_batch(net, X, target, orders, batch, tape,
+                                                           hyper, s1, s2, weights)
     last = len(tape.ops) - (2 if fused else 1)
-    T = orders.shape[1]
-    full, n_pre = tape.step_program(ws, batch, (kind, fused), last, code, labels, count)
-    tail = tape.step_program(ws, T % batch, (kind, fused), last, code, labels, count)[0] \
-        if T % batch else full
-    outs = np.zeros((len(lrs), 4), np.float64)
+    T, weighted = orders.shape[1], weights is not None
+    full, n_pre = tape.step_program(ws, batch, (kind, fused), last, code, labels, count, weighted)
+    tail = tape.step_program(ws, T % batch, (kind, fused), last, code, labels, count,
+                             weighted)[0] if T % batch else full
+    outs = np.zeros((len(lrs), 5), np.float64)
     done = KE.train_epochs(ws.ctx, ws.fscal, full, tail, n_pre, orders, batch,
                            np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
-                           np.nan if prev is None else float(prev), outs, opt.t)
+                           np.nan if prev is None else float(prev), outs, opt.t,
+                           float(T) if weights is None else KDiv.total(weights))
     _forget(ws)
     opt.t += int(outs[:done, 1].sum())
     return outs[:done]
 
 
-def gradient(net, X, target, loss, opt, order, count=False):
+def gradient(net, X, target, loss, opt, order, count=False, weights=None):
     """The mean loss over the rows ``X[order]`` and its gradient (into ``net.flat_grads``), in
     compiled code, with no update: a training step's program without its last call. Returns
-    (loss, rows classified right if ``count``)."""
+    (loss, rows classified right if ``count``, the rows' weight: their number or the sum of
+    their sample weights)."""
     tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
     rows = len(order)
-    ws, _, labels = _bind_batch(net, X, target, order, rows, tape, hyper, s1, s2)
+    ws, _, labels = _bind_batch(net, X, target, order, rows, tape, hyper, s1, s2, weights)
     last = len(tape.ops) - (2 if fused else 1)
-    prog, _ = tape.step_program(ws, rows, (kind, fused), last, code, labels, count)
+    prog, _ = tape.step_program(ws, rows, (kind, fused), last, code, labels, count,
+                                weights is not None)
     ws.ctx[KE.LO], ws.ctx[KE.RIGHT] = 0, 0
     KE.run(prog[:-1], rows)  # the update is the last call
     _forget(ws)
-    return float(ws.fscal[KE.LOSS]), int(ws.ctx[KE.RIGHT])
+    return float(ws.fscal[KE.LOSS]), int(ws.ctx[KE.RIGHT]), float(ws.fscal[KE.WSUM])
 
 
-def run_epoch(net, X, target, loss, opt, order, batch, count=False):
-    """One training epoch in compiled code; returns (sum of batch losses * rows, steps, first
-    non-finite step or -1, rows classified right while training if ``count``)."""
-    (total, steps, bad, right), = run_epochs(net, X, target, loss, opt, order[None, :], batch,
-                                            [opt.current_lr()], None, None, count)
-    return total, int(steps), int(bad), int(right)
+def run_epoch(net, X, target, loss, opt, order, batch, count=False, weights=None):
+    """One training epoch in compiled code; returns (sum of batch loss * batch weight, steps,
+    first non-finite step or -1, rows classified right while training if ``count``, sum of
+    batch loss * rows)."""
+    (total, steps, bad, right, by_rows), = run_epochs(
+        net, X, target, loss, opt, order[None, :], batch, [opt.current_lr()], None, None, count,
+        weights)
+    return total, int(steps), int(bad), int(right), by_rows

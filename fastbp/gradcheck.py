@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from . import _checks
+
 
 class GradcheckReport:
     """Worst relative error per parameter array and for the input, and what was skipped.
@@ -38,7 +40,8 @@ def _rel_errors(a, n, noise_floor):
     return np.abs(a - n) / np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
 
 
-def gradcheck(net, X, d, loss, eps=1e-6, tol=1e-5, max_per_array=None, seed=0):
+def gradcheck(net, X, d, loss, eps=1e-6, tol=1e-5, max_per_array=None, seed=0,
+              sample_weight=None):
     """Compare the backward pass with central differences (f(x+eps) - f(x-eps)) / 2 eps.
 
     The network is copied to float64 and run in evaluation mode (so RReLU is deterministic).
@@ -56,6 +59,8 @@ def gradcheck(net, X, d, loss, eps=1e-6, tol=1e-5, max_per_array=None, seed=0):
         ``report.ok`` is True when every worst relative error is at most ``tol``.
     max_per_array : int, optional
         Check at most this many randomly chosen elements per array (all by default).
+    sample_weight : array (T,), optional
+        Check the gradient of the weighted loss sum_t w_t Div_t / sum_t w_t.
 
     Returns
     -------
@@ -72,8 +77,9 @@ def gradcheck(net, X, d, loss, eps=1e-6, tol=1e-5, max_per_array=None, seed=0):
     net = net.astype(np.float64).eval()
     X = net._input(X)
     target = loss.target(d, X.shape[0], net.n_out, np.float64)
+    weights = _checks.sample_weight(sample_weight, X.shape[0])
     base, rows = central_differences(net, X, target, loss, eps, max_per_array=max_per_array,
-                                     rng=np.random.default_rng(seed))
+                                     rng=np.random.default_rng(seed), weights=weights)
     noise_floor = 10 * np.finfo(np.float64).eps * max(1.0, abs(base)) / eps / tol
     errors, skipped, checked = {}, {}, {}
     for name, analytic, idx, numeric, n_skip in rows:
@@ -83,18 +89,20 @@ def gradcheck(net, X, d, loss, eps=1e-6, tol=1e-5, max_per_array=None, seed=0):
     return GradcheckReport(errors, skipped, checked, tol)
 
 
-def central_differences(net, X, target, loss, eps, names=None, max_per_array=None, rng=None):
+def central_differences(net, X, target, loss, eps, names=None, max_per_array=None, rng=None,
+                        weights=None):
     """The loss of a float64 network in evaluation mode on (X, target), and for each array
     (the parameters by ``net.param_names``, then "input"): (name, analytic gradient (flat),
     indices checked, their central differences (f(x+eps) - f(x-eps)) / 2 eps, number skipped
     because a perturbation crossed a kink). Arrays not in ``names`` (all by default) get no
-    differences; with ``max_per_array``, ``rng`` draws the indices of larger arrays."""
-    _, dX = net._loss_and_grad(X, target, loss, need_dx=True, train=False)
-    base, base_ctx = net._loss_value(X, target, loss)
+    differences; with ``max_per_array``, ``rng`` draws the indices of larger arrays. The loss
+    is weighted by ``weights`` (sample weights as ``_checks.sample_weight`` gives them)."""
+    _, dX = net._loss_and_grad(X, target, loss, need_dx=True, train=False, weights=weights)
+    base, base_ctx = net._loss_value(X, target, loss, weights=weights)
     base_kinks = net.kinks(base_ctx)
 
     def f():
-        value, ctxs = net._loss_value(X, target, loss)
+        value, ctxs = net._loss_value(X, target, loss, weights=weights)
         k = net.kinks(ctxs)
         return value, (k is not None and not np.array_equal(k, base_kinks))
 

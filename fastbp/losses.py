@@ -2,6 +2,10 @@
 
 Each divergence gives the loss value (``loss(Y, d)``) and its gradient with respect to Y with the
 1/T already applied (``loss.grad(Y, d)``), so ``net.backward(loss.grad(Y, d))`` yields dLoss/dW.
+
+With per-instance weights w_t >= 0 (``sample_weight``) the loss is the weighted mean
+Loss = sum_t w_t Div(Y_t, d_t) / sum_t w_t, scikit-learn's normalisation: a weight of 2 counts as
+the row given twice, and weights that are all equal give the unweighted loss.
 """
 
 import numpy as np
@@ -9,7 +13,7 @@ import numpy as np
 from . import _checks
 from .errors import Unsupported
 from .kernels import divergences as KDiv
-from .nodes import Sigmoid
+from .nodes import Exp, Sigmoid, Softplus
 from .vector import Softmax, VectorActivation
 
 
@@ -17,30 +21,33 @@ class Divergence:
     """Base class: subclasses provide ``target``, ``_kernel`` and optionally ``_fused``."""
 
     fuses_with = None  # the node that ends a network made for this divergence
+    also_fits = ()  # other last nodes whose outputs fit it (no warning)
     expects = None  # what that node gives, for messages: "probability outputs"
 
-    def __call__(self, Y, d):
-        """The mean divergence over the rows of Y."""
-        return self.value_and_grad(*self._prepare(Y, d))[0]
+    def __call__(self, Y, d, sample_weight=None):
+        """The mean divergence over the rows of Y (weighted by ``sample_weight``)."""
+        return self.value_and_grad(*self._prepare(Y, d, sample_weight))[0]
 
-    def grad(self, Y, d):
-        """dLoss/dY = (1/T) dDiv/dY, same shape as Y."""
-        return self.value_and_grad(*self._prepare(Y, d))[1]
+    def grad(self, Y, d, sample_weight=None):
+        """dLoss/dY = (1/T) dDiv/dY (w_t / sum w dDiv/dY with weights), same shape as Y."""
+        return self.value_and_grad(*self._prepare(Y, d, sample_weight))[1]
 
-    def _prepare(self, Y, d):
+    def _prepare(self, Y, d, sample_weight=None):
         Y = np.asarray(Y)
         dtype = Y.dtype if Y.dtype in _checks.FLOAT_DTYPES else np.float64
         Y = _checks.as_float_array(Y, "Y", dtype)
-        return Y, self.target(d, Y.shape[0], Y.shape[1], dtype)
+        target = self.target(d, Y.shape[0], Y.shape[1], dtype)
+        return Y, target, _checks.sample_weight(sample_weight, Y.shape[0])
 
-    def value_and_grad(self, Y, target):
-        """(mean divergence, dLoss/dY) for a prepared target."""
+    def value_and_grad(self, Y, target, weights=None):
+        """(mean divergence, dLoss/dY) for a prepared target and weights (None: unweighted;
+        else float64 weights as ``_checks.sample_weight`` gives them)."""
         div = np.empty(Y.shape[0], np.float64)
         dY = np.empty_like(Y)
-        self._kernel(target)(Y, target, div, dY, 1.0 / Y.shape[0])
-        return KDiv.mean(div), dY
+        self._kernel(target)(Y, target, div, dY, _scale(Y.shape[0], weights))
+        return _mean(div, dY, weights), dY
 
-    def fused(self, node, ctx, target):
+    def fused(self, node, ctx, target, weights=None):
         """(value, dLoss/dz) through the fused stable form when ``node`` ends the network and
         this divergence fuses with it; else None."""
         if self.fuses_with is None or type(node) is not self.fuses_with:
@@ -48,8 +55,8 @@ class Divergence:
         z, y = ctx
         div = np.empty(z.shape[0], np.float64)
         dz = np.empty_like(z)
-        self._fused_kernel(target)(z, y, target, div, dz, 1.0 / z.shape[0])
-        return KDiv.mean(div), dz
+        self._fused_kernel(target)(z, y, target, div, dz, _scale(z.shape[0], weights))
+        return _mean(div, dz, weights), dz
 
     def engine_loss(self, last, target):
         """The engine's loss stage after the node ``last``: (leaf kernel, fused), the same
@@ -74,7 +81,8 @@ class Divergence:
         # is always 1).
         user = isinstance(last, VectorActivation) or \
             not type(last).__module__.startswith("fastbp.")
-        if self.fuses_with is None or isinstance(last, self.fuses_with) or user:
+        if self.fuses_with is None or isinstance(last, (self.fuses_with, *self.also_fits)) \
+                or user:
             return None
         return (f"{type(self).__name__} expects {self.expects}: end the network with "
                 f"fb.{self.fuses_with.__name__}() (it ends in {type(last).__name__})")
@@ -84,6 +92,24 @@ class Divergence:
 
     def config(self):
         return {}
+
+
+def correct_rows(Y, target):
+    """Per row, whether ``correct`` counts it as classified right (a bool array)."""
+    if Y.shape[1] == 1 and target.ndim == 2:
+        return (Y[:, 0] >= 0.5) == (target[:, 0] >= 0.5)
+    return Y.argmax(axis=1) == (target if target.ndim == 1 else target.argmax(axis=1))
+
+
+def _scale(rows, weights):
+    return 1.0 / rows if weights is None else KDiv.weight_scale(KDiv.total(weights))
+
+
+def _mean(div, grad, weights):
+    """The batch's (weighted) mean divergence; with weights, ``grad``'s rows are weighted too."""
+    if weights is None:
+        return KDiv.mean(div)
+    return KDiv.weighted_mean(div, grad, weights, _scale(div.shape[0], weights))
 
 
 def correct(Y, target):
@@ -203,3 +229,34 @@ class BinaryKL(Divergence):
 
     def _fused_kernel(self, target):
         return KDiv.sigmoid_binary_kl
+
+
+class Poisson(Divergence):
+    """Half the Poisson deviance, Div(y, d) = sum_k d log(d / y) - d + y, for counts or rates
+    d >= 0 and outputs y > 0 (scikit-learn's ``loss='poisson'``, with 0 log 0 = 0).
+
+    After an ``Exp`` output node (the log link, y = exp(z)), training uses the fused gradient
+    dDiv/dz = (y - d) / T and the loss d log d - d z - d + y from z itself.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> round(fb.Poisson()(np.array([[2.0]]), np.array([[1.0]])), 6)  # log(1/2) - 1 + 2
+    0.306853
+    """
+
+    fuses_with = Exp
+    also_fits = (Softplus, Sigmoid, Softmax)  # positive outputs too, trained unfused
+    expects = "positive outputs"
+
+    def target(self, d, rows, width, dtype):
+        d = _float_target(d, rows, width, dtype)
+        if (d < 0).any():
+            raise ValueError(f"Poisson targets must be >= 0, found {d[d < 0][0]}")
+        return d
+
+    def _kernel(self, target):
+        return KDiv.poisson
+
+    def _fused_kernel(self, target):
+        return KDiv.exp_poisson

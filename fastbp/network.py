@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _checks, _config, engine, io
 from .errors import TrainingError
+from .kernels import divergences as KDiv
 from .nodes import Node
 
 _REPR_WIDTH = 88  # a network's repr up to this long stays on one line
@@ -348,32 +349,35 @@ class Sequential(Node):
                                  f"large as {np.abs(X).max():.3g})", error=FloatingPointError)
         return Y
 
-    def loss_and_grad(self, X, d, loss):
-        """Forward, the mean divergence, and backward in one call; returns the loss.
+    def loss_and_grad(self, X, d, loss, sample_weight=None):
+        """Forward, the mean divergence (weighted by ``sample_weight``: sum_t w_t Div_t /
+        sum_t w_t), and backward in one call; returns the loss.
 
-        With ``Softmax`` + ``KL`` or ``Sigmoid`` + ``BinaryKL`` at the end it uses the fused,
-        stable gradient (y - d) / T for the last pre-activation.
+        With ``Softmax`` + ``KL``, ``Sigmoid`` + ``BinaryKL`` or ``Exp`` + ``Poisson`` at the
+        end it uses the fused, stable gradient (y - d) / T for the last pre-activation.
         """
         X = self._input(X)
         target = loss.target(d, X.shape[0], self.n_out, self.dtype)
-        value, _ = self._loss_and_grad(X, target, loss)
+        weights = _checks.sample_weight(sample_weight, X.shape[0])
+        value, _ = self._loss_and_grad(X, target, loss, weights=weights)
         return value
 
-    def _loss_and_grad(self, X, target, loss, need_dx=True, train=None):
+    def _loss_and_grad(self, X, target, loss, need_dx=True, train=None, weights=None):
         train = self.training if train is None else train
         Y, ctxs = self._apply(X, train)
-        fused = loss.fused(self.nodes[-1], ctxs[-1], target)
+        fused = loss.fused(self.nodes[-1], ctxs[-1], target, weights)
         if fused is not None:
             value, dz = fused
             dX = self._backprop(ctxs, dz, need_dx, start=len(self.nodes) - 2)
         else:
-            value, dY = loss.value_and_grad(Y, target)
+            value, dY = loss.value_and_grad(Y, target, weights)
             dX = self._backprop(ctxs, dY, need_dx)
         self._ctx, self._out_shape, self._last_output = ctxs, Y.shape, Y
         return value, dX
 
-    def train_step(self, X, d, loss, optimizer):
-        """Forward, backward and one optimizer update on the batch (X, d); returns the loss.
+    def train_step(self, X, d, loss, optimizer, sample_weight=None):
+        """Forward, backward and one optimizer update on the batch (X, d) (its loss weighted
+        by ``sample_weight``); returns the loss.
 
         Refuses a step whose loss or gradient is NaN or inf (``fastbp.TrainingError``),
         leaving the parameters unchanged.
@@ -381,20 +385,22 @@ class Sequential(Node):
         X = self._input(X)
         T = X.shape[0]
         target = loss.target(d, T, self.n_out, self.dtype)
+        weights = _checks.sample_weight(sample_weight, T)
         self.train()
         if engine.chooses(self, loss, target, optimizer):
-            total, _, bad, _ = engine.run_epoch(self, X, target, loss, optimizer, np.arange(T), T)
+            total, _, bad, _, _ = engine.run_epoch(self, X, target, loss, optimizer,
+                                                   np.arange(T), T, weights=weights)
             if bad >= 0:
                 raise TrainingError(f"epoch 0, step 0: {not_finite(self, loss)}")
-            return total / T
+            return total / (T if weights is None else KDiv.total(weights))
         try:
-            return self._node_step(X, target, loss, optimizer)
+            return self._node_step(X, target, loss, optimizer, weights)
         except TrainingError as e:
             raise TrainingError(f"epoch 0, step 0: {e}") from None
 
-    def _node_step(self, X, target, loss, optimizer):
+    def _node_step(self, X, target, loss, optimizer, weights=None):
         """``train_step`` node by node on a prepared batch; refuses a non-finite step."""
-        value, _ = self._loss_and_grad(X, target, loss, need_dx=False)
+        value, _ = self._loss_and_grad(X, target, loss, need_dx=False, weights=weights)
         if not math.isfinite(value) or not np.isfinite(self.flat_grads).all():
             raise TrainingError(not_finite(self, loss))
         optimizer.step(self)
@@ -404,10 +410,11 @@ class Sequential(Node):
         """Write the architecture (JSON) and parameters to an ``.npz`` file, atomically."""
         io.save(self, path)
 
-    def _loss_value(self, X, target, loss, train=False):
+    def _loss_value(self, X, target, loss, train=False, weights=None):
         Y, ctxs = self._apply(X, train)
-        fused = loss.fused(self.nodes[-1], ctxs[-1], target)
-        return (fused[0] if fused is not None else loss.value_and_grad(Y, target)[0]), ctxs
+        fused = loss.fused(self.nodes[-1], ctxs[-1], target, weights)
+        return (fused[0] if fused is not None else
+                loss.value_and_grad(Y, target, weights)[0]), ctxs
 
 
 def not_finite(net, loss):

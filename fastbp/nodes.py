@@ -246,6 +246,20 @@ class Softplus(_Scalar):
     kind = KA.SOFTPLUS
 
 
+class Exp(_Scalar):
+    """y = exp(z); f'(z) = y. The output node of a Poisson model (the log link): after it,
+    ``fb.Poisson`` trains through its fused, stable gradient (y - d) / T.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> fb.Exp().forward(np.array([[0.0, 1.0]]))
+    array([[1.        , 2.71828183]])
+    """
+
+    kind = KA.EXP
+
+
 class GELU(_Scalar):
     """y = z Phi(z) with Phi the standard normal CDF (the exact, erf form)."""
 
@@ -384,4 +398,5 @@ def activation(name):
 _ACTIVATIONS = {"identity": "Identity", "none": "Identity", "linear": "Identity",
                 "logistic": "Sigmoid", "sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "ReLU",
                 "leaky_relu": "LeakyReLU", "rrelu": "RReLU", "softplus": "Softplus",
-                "elu": "ELU", "gelu": "GELU", "softmax": "Softmax"}  # Softmax: fastbp.vector
+                "elu": "ELU", "gelu": "GELU", "exp": "Exp",
+                "softmax": "Softmax"}  # Softmax: fastbp.vector

@@ -17,7 +17,8 @@ Where the two differ, and why
   on the intercepts) and on :class:`fastbp.Adam` (which decays decoupled, AdamW-style,
   ``p -= lr * wd * p`` per step, where scikit-learn feeds the L2 term through Adam's moment
   estimates). ``loss_`` and ``loss_curve_`` add scikit-learn's penalty
-  ``0.5 * alpha * ||W||^2 * n_batches / n`` from the weights at the end of each epoch.
+  ``0.5 * alpha * ||W||^2 / w_b`` per batch (w_b: the batch's rows or total sample weight),
+  counted by the batch's rows, from the weights at the end of each epoch.
   With ``alpha=0`` SGD and Adam follow scikit-learn's trajectory to rounding (same initial
   weights from ``random_state``, same shuffles, same batches); with ``alpha > 0`` they differ
   by the decay of the intercepts (SGD) and by decoupled decay (Adam). ``solver='lbfgs'``
@@ -28,9 +29,11 @@ Where the two differ, and why
 - ReLU's derivative at 0 is 0 in the hidden layers, as in scikit-learn (fastbp's own default is
   the seed's 1).
 - Sparse input is accepted and converted to a dense array (fastbp's kernels are dense).
-- ``sample_weight`` is not supported (fastbp's divergences have no per-instance weights); the
-  methods do not take the parameter.
-- ``MLPRegressor(loss='poisson')`` is refused (fastbp has no exponential output node).
+- A step whose loss or gradient is not finite: scikit-learn trains on with NaN weights; fastbp
+  refuses the step. With ``early_stopping`` the result is the same as scikit-learn's (the
+  remaining epochs' ``loss_curve_`` and ``validation_scores_`` entries are NaN up to
+  ``max_iter``, a ``ConvergenceWarning``, the best parameters kept); without, both raise
+  ValueError.
 """
 
 import math
@@ -49,15 +52,15 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from . import engine
+from . import _checks, engine
 from . import io as _io
 from ._config import get_num_threads, set_num_threads
 from .errors import TrainingError
-from .losses import KL, L2, BinaryKL
+from .losses import KL, L2, BinaryKL, Poisson
 from .network import Sequential
-from .nodes import Linear, ReLU, Sigmoid, _Scalar
+from .nodes import Exp, Linear, ReLU, Sigmoid, _Scalar
 from .nodes import activation as _activation_node
 from .optim import SGD, Adam
 from .training import History, epoch_loop
@@ -86,7 +89,7 @@ _SKLEARN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 # 'none' are accepted as aliases). Softmax maps a whole row: an output activation, which
 # scikit-learn refuses for hidden layers, and so do the estimators.
 _HIDDEN_ACTIVATIONS = _SKLEARN_ACTIVATIONS + ("leaky_relu", "rrelu", "softplus", "elu", "gelu")
-_OUTPUT_NODES = {"softmax": Softmax, "logistic": Sigmoid}
+_OUTPUT_NODES = {"softmax": Softmax, "logistic": Sigmoid, "exp": Exp}
 
 
 def _hidden_node(name):
@@ -291,11 +294,16 @@ class _BaseMLP(BaseEstimator):
         return _dense(X)
 
     # -- fitting --------------------------------------------------------------------------
-    def _fit(self, X, y, incremental=False):
+    def _fit(self, X, y, incremental=False, sample_weight=None):
         hidden, dtype = self._check_params()
         first_pass = "network_" not in self.__dict__ or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         X = _dense(X)
+        weights = None
+        if sample_weight is not None:
+            weights = _checks.sample_weight(_check_sample_weight(sample_weight, X,
+                                                                 dtype=np.float64),
+                                            X.shape[0])
         if dtype is None:  # as scikit-learn: float32 input stays float32 (but for L-BFGS-B,
             # which scipy runs in float64), any other float64
             dtype = self.network_.dtype if not first_pass else np.dtype(np.float64) \
@@ -312,11 +320,12 @@ class _BaseMLP(BaseEstimator):
                                  f"fitted network has {units}")
             if self.network_.dtype != dtype:
                 self.network_ = self.network_.astype(dtype)
+        target = self._loss().target(target, X.shape[0], n_outputs, np.float64)  # y's range
         with _threads(self.n_threads):
             if self.solver == "lbfgs":
-                self._fit_lbfgs(X, target)
+                self._fit_lbfgs(X, target, weights)
             else:
-                self._fit_stochastic(X, y, target, incremental)
+                self._fit_stochastic(X, y, target, incremental, weights)
         return self
 
     def _initialize(self, layer_units, dtype):
@@ -344,8 +353,8 @@ class _BaseMLP(BaseEstimator):
             self._validation_loss_curve = None
 
     def _loss(self):
-        return L2() if self.out_activation_ == "identity" else \
-            KL() if self.out_activation_ == "softmax" else BinaryKL()
+        return {"identity": L2, "exp": Poisson, "softmax": KL}.get(self.out_activation_,
+                                                                   BinaryKL)()
 
     def _scale(self):
         # scikit-learn's squared_error is 1/2 the squared error averaged over the outputs;
@@ -366,10 +375,12 @@ class _BaseMLP(BaseEstimator):
         return Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
                     eps=self.epsilon, weight_decay=wd)
 
-    def _fit_stochastic(self, X, y, target, incremental):
+    def _fit_stochastic(self, X, y, target, incremental, weights=None):
         """scikit-learn's epochs (same shuffling, same batches, same stopping rules) through
         ``fastbp.training.epoch_loop``, the loop of ``fb.fit``; each minibatch one compiled
-        step."""
+        step. A step that is not finite ends the fit as scikit-learn's would end: with early
+        stopping, the remaining epochs' losses and scores are NaN and the best parameters are
+        kept; without, a ValueError."""
         net, loss = self.network_, self._loss()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -384,8 +395,10 @@ class _BaseMLP(BaseEstimator):
             if i_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
-            validation = (X[i_val], y[i_val], target[i_val])
+            validation = (X[i_val], y[i_val], target[i_val],
+                          None if weights is None else weights[i_val])
             X, target = X[i_train], target[i_train]
+            weights = None if weights is None else weights[i_train]
             n = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n)
@@ -398,11 +411,11 @@ class _BaseMLP(BaseEstimator):
             self._optimizer = self._make_optimizer(batch_size)
         opt = self._optimizer
         adam = isinstance(opt, Adam)
-        n_batches = math.ceil(n / batch_size)
         scale = self._scale()
         sample_idx = np.arange(n)
         best, before = None, net.flat_params.copy()
         self.n_iter_ = 0
+        penalty_share = 0.0  # sum over the epoch's batches of rows / batch weight
 
         def order_of(epoch):
             nonlocal sample_idx
@@ -414,18 +427,23 @@ class _BaseMLP(BaseEstimator):
             sample_idx = sample_idx[perm]
             return sample_idx
 
-        def before_step(rows):
-            opt.weight_decay = self.alpha / rows
+        def before_step(rows, weight):
+            nonlocal penalty_share
+            # scikit-learn's penalty 0.5 alpha ||W||^2 / (the batch's weight), in the gradient
+            # and in the batch's loss, which counts by its rows in the epoch's
+            penalty_share += rows / weight
+            opt.weight_decay = self.alpha / weight
             if adam:
                 # scikit-learn divides by sqrt(v) + eps with the bias correction in the step
                 # size; fastbp by sqrt(v_hat) + eps: this eps makes them equal.
                 opt.eps = self.epsilon / math.sqrt(1 - self.beta_2 ** (opt.t + 1))
 
         def end_epoch(epoch, t0):
-            nonlocal best
+            nonlocal best, penalty_share
             self.n_iter_ += 1
             self.t_ += n
-            self.loss_ = history.loss[-1] * scale + self._penalty() * n_batches / n
+            self.loss_ = history.loss[-1] * scale + self._penalty() * penalty_share / n
+            penalty_share = 0.0
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
@@ -444,17 +462,36 @@ class _BaseMLP(BaseEstimator):
             stopped = epoch_loop(net, X, target, loss, opt, batch_size,
                                  range(1 if incremental else self.max_iter), order_of,
                                  end_epoch, history, engine.chooses(net, loss, target, opt),
-                                 before_step=before_step)
+                                 before_step=before_step, weights=weights, by_rows=True)
         except TrainingError as e:
-            net.flat_params[...] = before
-            raise ValueError("Solver produced non-finite parameter weights. The input data may "
-                             "contain large values and need to be preprocessed.") from e
+            if validation is None or best is None:
+                net.flat_params[...] = before
+                raise ValueError("Solver produced non-finite parameter weights. The input data "
+                                 "may contain large values and need to be preprocessed.") from e
+            self._diverged(n)
+            stopped = False
         if not stopped and not incremental:
             warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
                           "optimization hasn't converged yet." % self.max_iter,
                           ConvergenceWarning)
         if best is not None:
             net.flat_params[...] = best
+
+    def _diverged(self, n):
+        """After a step that was not finite, with early stopping: scikit-learn trains on with
+        NaN weights, so every remaining epoch's loss and validation score is NaN (and its
+        count of epochs without improvement stays 0) until ``max_iter``; then it puts back the
+        best parameters, as the caller does."""
+        for _ in range(self.n_iter_, self.max_iter):
+            self.n_iter_ += 1
+            self.t_ += n
+            self.loss_ = np.nan
+            self.loss_curve_.append(np.nan)
+            self.validation_scores_.append(np.nan)
+            self._validation_loss_curve.append(np.nan)
+            if self.verbose:
+                print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                print("Validation score: %f" % np.nan)
 
     def _trigger_stopping(self, opt, early_stopping):
         """scikit-learn's rule: stop, or with SGD's 'adaptive' schedule divide lr by 5."""
@@ -477,13 +514,17 @@ class _BaseMLP(BaseEstimator):
 
     def _validate_epoch(self, validation, loss, scale, best):
         """Validation score (accuracy or R^2) for early stopping, and the validation loss."""
-        X_val, y_val, t_val = validation
-        Y = self.network_.predict(X_val)
-        if self.out_activation_ != "identity":  # as scikit-learn's log_loss: clip to [eps, 1-eps]
-            eps = np.finfo(Y.dtype).eps
+        X_val, y_val, t_val, w_val = validation
+        try:
+            Y = self.network_.predict(X_val)
+        except FloatingPointError:  # outputs overflowed: no loss, and scikit-learn's NaN score
+            Y = None
+        if Y is not None and self.out_activation_ in ("softmax", "logistic"):
+            eps = np.finfo(Y.dtype).eps  # as scikit-learn's log_loss: clip to [eps, 1-eps]
             Y = np.clip(Y, eps, 1 - eps)
-        self._validation_loss_curve.append(float(loss(Y, t_val)) * scale)
-        score = self._score_raw(X_val, y_val)
+        self._validation_loss_curve.append(np.nan if Y is None else
+                                           float(loss(Y, t_val, w_val)) * scale)
+        score = self._score_raw(X_val, y_val, w_val)
         self.validation_scores_.append(score)
         if self.verbose:
             print("Validation score: %f" % score)
@@ -503,9 +544,10 @@ class _BaseMLP(BaseEstimator):
             self._no_improvement_count = 0
         self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
 
-    def _fit_lbfgs(self, X, target):
+    def _fit_lbfgs(self, X, target, weights=None):
         net, loss = self.network_, self._loss()
-        n, scale = X.shape[0], self._scale()
+        scale = self._scale()
+        n = X.shape[0] if weights is None else float(weights.sum())  # the penalty's divisor
         mask = np.zeros(net.flat_params.size, bool)
         o = 0
         for p, name in zip(net.params, net.param_names):
@@ -516,7 +558,7 @@ class _BaseMLP(BaseEstimator):
 
         def value_and_grad(p):
             net.flat_params[...] = p
-            value = net.loss_and_grad(X, target, loss)
+            value = net.loss_and_grad(X, target, loss, sample_weight=weights)
             W = p[mask]
             g = net.flat_grads.astype(np.float64)
             g[mask] += self.alpha * W / n
@@ -533,21 +575,26 @@ class _BaseMLP(BaseEstimator):
         if res.status != 0:
             warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
                           f"(status={res.status}): {res.message}", ConvergenceWarning)
-        self.loss_ = net.loss_and_grad(X, target, loss) * scale + self._penalty() / n
+        self.loss_ = net.loss_and_grad(X, target, loss, sample_weight=weights) * scale + \
+            self._penalty() / n
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), default None
+            Per-instance weights: each batch's loss (and the L2 penalty) is divided by the
+            batch's total weight, as scikit-learn does; the early-stopping split carries its
+            weights and the validation score is weighted.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     def _check_solver(self):
         if self.solver not in ("sgd", "adam"):
@@ -563,11 +610,15 @@ class _BaseMLP(BaseEstimator):
         with _threads(self.n_threads):
             return self.network_.predict(X)
 
-    def _score_raw(self, X, y):
-        y_pred = self._predict(X, check_input=False)
+    def _score_raw(self, X, y, sample_weight=None):
+        try:
+            y_pred = self._predict(X, check_input=False)
+        except FloatingPointError:  # outputs that overflowed: scikit-learn's score is NaN
+            return np.nan
         if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
             return np.nan
-        return (accuracy_score if is_classifier(self) else r2_score)(y, y_pred)
+        return (accuracy_score if is_classifier(self) else r2_score)(
+            y, y_pred, sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -614,7 +665,7 @@ _COMMON_DOC = """
     -----
     ``alpha`` is applied as ``weight_decay = alpha / rows`` on every parameter, decoupled with
     Adam (the module docstring of :mod:`fastbp.sklearn` says exactly how this differs from
-    scikit-learn); ``sample_weight`` is not supported.
+    scikit-learn).
 """
 
 
@@ -676,8 +727,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.ascontiguousarray(Y, dtype=np.float64), Y.shape[1]
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, classes=None):
-        """Update the model with a single epoch over the given data.
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """Update the model with a single epoch over the given data (weighted by
+        ``sample_weight``, as in :meth:`fit`).
 
         ``classes`` (all the labels, ``np.unique(y_all)``) is required on the first call.
         """
@@ -687,7 +739,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(classes)
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _predict(self, X, check_input=True):
         y_pred = self._forward(X, check_input)
@@ -730,8 +782,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     Parameters
     ----------
-    loss : {'squared_error'}
-        'poisson' is refused (fastbp has no exponential output node).
+    loss : {'squared_error', 'poisson'}
+        'poisson': half the Poisson deviance through the log link (an :class:`fastbp.Exp`
+        output and :class:`fastbp.Poisson`, trained by its fused gradient), for y >= 0.
     """ + _COMMON_DOC + """
     Examples
     --------
@@ -759,13 +812,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _check_params(self):
         out = super()._check_params()
-        if self.loss != "squared_error":
-            raise ValueError(f"loss={self.loss!r} is not supported by fastbp's MLPRegressor; "
-                             f"use loss='squared_error'")
+        if self.loss not in ("squared_error", "poisson"):
+            raise InvalidParameterError(f"The 'loss' parameter of MLPRegressor must be a str "
+                                        f"among {{'poisson', 'squared_error'}}. Got "
+                                        f"{self.loss!r} instead.")
         return out
 
     def _out_activation(self):
-        return "identity"
+        return "exp" if self.loss == "poisson" else "identity"
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = _validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
@@ -779,9 +833,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return np.ascontiguousarray(Y, dtype=np.float64), Y.shape[1]
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y):
-        """Update the model with a single epoch over the given data."""
-        return self._fit(X, y, incremental=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """Update the model with a single epoch over the given data (weighted by
+        ``sample_weight``, as in :meth:`fit`)."""
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _predict(self, X, check_input=True):
         y_pred = self._forward(X, check_input)

@@ -15,16 +15,17 @@ from . import _checks, distributed
 from . import engine as E
 from . import io
 from .errors import TrainingError
+from .kernels import divergences as KDiv
 from .kernels import engine as KE
-from .losses import KL, BinaryKL, Divergence, correct
+from .losses import KL, BinaryKL, Divergence, correct, correct_rows
 from .network import not_finite
 from .optim import Optimizer
 
 
 class History:
     """Per-epoch records of a fit: ``loss`` (the mean of the batch losses, each row weighted
-    once), ``val_loss``, ``accuracy`` and ``val_accuracy`` (for KL and BinaryKL), ``lr``,
-    ``epoch_time``, and why training stopped (``stop_reason``).
+    once, or by its sample weight), ``val_loss``, ``accuracy`` and ``val_accuracy`` (for KL and
+    BinaryKL), ``lr``, ``epoch_time``, and why training stopped (``stop_reason``).
 
     ``accuracy`` is the running training accuracy, as Keras reports it: the fraction of rows
     classified right by the network of the step that trained on them (no second pass over the
@@ -95,18 +96,22 @@ def _classifies(loss, net):
     return isinstance(loss, KL) or (isinstance(loss, BinaryKL) and net.n_out == 1)
 
 
-def accuracy_of(net, X, target, loss):
+def accuracy_of(net, X, target, loss, weights=None):
     """Fraction of rows of X the network (in evaluation mode) classifies right: argmax for KL
-    (first index on ties), y >= 0.5 for BinaryKL with one output; None for other losses."""
+    (first index on ties), y >= 0.5 for BinaryKL with one output; None for other losses. With
+    ``weights``, the fraction of the rows' total weight."""
     if not _classifies(loss, net):
         return None
-    return correct(net.predict(X), target) / X.shape[0]
+    Y = net.predict(X)
+    if weights is None:
+        return correct(Y, target) / X.shape[0]
+    return float(weights @ correct_rows(Y, target) / weights.sum())
 
 
-def train_step(net, X, target, loss, optimizer):
+def train_step(net, X, target, loss, optimizer, weights=None):
     """One forward, backward and update on a prepared batch, node by node; refuses a
     non-finite step (``Sequential.train_step`` prepares the batch and may use the engine)."""
-    return net._node_step(X, target, loss, optimizer)
+    return net._node_step(X, target, loss, optimizer, weights)
 
 
 def _progress_bar(show, epochs, initial):
@@ -120,7 +125,7 @@ def _progress_bar(show, epochs, initial):
 def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuffle=True,
         seed=0, validation=None, progress=True, callbacks=(), patience=None, min_delta=0.0,
         restore_best=True, checkpoint=None, checkpoint_every=1, resume=None, engine="auto",
-        comm=None, deterministic=True, block_rows=64):
+        comm=None, deterministic=True, block_rows=64, sample_weight=None):
     """Train ``net`` by gradient descent on the mean divergence.
 
     Parameters
@@ -138,8 +143,9 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     tol : float or None
         Stop when |Loss_k - Loss_{k-1}| < tol (the seed's convergence test); None never stops.
     shuffle, seed : reshuffle the instances every epoch with ``default_rng(seed)``.
-    validation : (Xv, dv) or None
-        Evaluated after every epoch into ``history.val_loss`` (and ``val_accuracy``).
+    validation : (Xv, dv), (Xv, dv, wv) or None
+        Evaluated after every epoch into ``history.val_loss`` (and ``val_accuracy``), weighted
+        by the validation rows' weights ``wv`` if given.
     progress : bool
         A progress bar on standard error when it is a terminal.
     callbacks : iterable of callables ``cb(epoch, history, net)``; one returning True stops.
@@ -168,6 +174,10 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     block_rows : int
         With ``comm``: the rows per block of a global batch (at most ``batch_size /
         block_rows`` ranks share a batch in deterministic mode).
+    sample_weight : array (T,) or None
+        Per-instance weights w_t >= 0: each batch's loss is sum_t w_t Div_t / sum_t w_t over
+        its rows (scikit-learn's normalisation; a weight of 2 counts as the row twice), and
+        ``history.loss`` is the epoch's weighted mean. None: every row weighs 1.
 
     Returns
     -------
@@ -195,9 +205,9 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
 
     def prepare():
         return _prepare(net, X, d, loss, optimizer, batch_size, epochs, validation, patience,
-                        tol)
+                        tol, sample_weight)
 
-    X, target, batch_size, epochs, Xv, tv = prepare() if plan is None else \
+    X, target, weights, batch_size, epochs, Xv, tv, wv = prepare() if plan is None else \
         distributed.collectively(comm, prepare)
     T = X.shape[0]
     hint = loss.output_hint(net)
@@ -221,7 +231,7 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     if use_engine and bar is None and validation is None and not callbacks and \
             checkpoint is None and patience is None and plan is None:
         _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol,
-                      shuffle, rng, history)
+                      shuffle, rng, history, weights)
         return history
     classifies = _classifies(loss, net)
 
@@ -231,9 +241,9 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     def end_epoch(epoch, t0):
         nonlocal best
         if validation is not None:
-            vl = net._loss_value(Xv, tv, loss)[0]
+            vl = net._loss_value(Xv, tv, loss, weights=wv)[0]
             history.val_loss.append(vl)
-            vacc = accuracy_of(net, Xv, tv, loss)
+            vacc = accuracy_of(net, Xv, tv, loss, wv)
             if vacc is not None:
                 history.val_accuracy.append(vacc)
             if vl < best[0] - min_delta:
@@ -254,7 +264,8 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
 
     try:
         epoch_loop(net, X, target, loss, optimizer, batch_size or T, range(start, epochs),
-                   order_of, end_epoch, history, use_engine, classifies, plan=plan)
+                   order_of, end_epoch, history, use_engine, classifies, plan=plan,
+                   weights=weights)
     finally:
         if bar is not None:
             bar.close()
@@ -263,35 +274,42 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     return history
 
 
-def _prepare(net, X, d, loss, optimizer, batch_size, epochs, validation, patience, tol):
-    """``fit``'s checks and conversions, before anything changes: (X, target, batch size,
-    epochs, validation X and target or None)."""
+def _prepare(net, X, d, loss, optimizer, batch_size, epochs, validation, patience, tol,
+             sample_weight=None):
+    """``fit``'s checks and conversions, before anything changes: (X, target, weights, batch
+    size, epochs, validation X, target and weights or None)."""
     _checks.instance_of(loss, Divergence, "loss")
     _checks.instance_of(optimizer, Optimizer, "optimizer")
     _checks.writable(net.flat_params, "net.flat_params")
     X = net._input(X)
     target = loss.target(d, X.shape[0], net.n_out, net.dtype)
+    weights = _checks.sample_weight(sample_weight, X.shape[0])
     T = X.shape[0]
     if batch_size is not None:
         batch_size = min(_checks.positive_int(batch_size, "batch_size"), T)
     epochs = _checks.positive_int(epochs, "epochs")
-    Xv = tv = None
+    Xv = tv = wv = None
     if validation is not None:
-        Xv, dv = validation
+        if not isinstance(validation, (tuple, list)) or len(validation) not in (2, 3):
+            raise TypeError("validation must be (X, d) or (X, d, sample_weight)")
+        Xv, dv, *wv = validation
         Xv = net._input(Xv, "validation X")
         tv = loss.target(dv, Xv.shape[0], net.n_out, net.dtype)
+        wv = _checks.sample_weight(wv[0], Xv.shape[0], "validation sample_weight") if wv \
+            else None
     if patience is not None and validation is None:
         raise ValueError("early stopping (patience) needs validation data")
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0 or None, got {tol}")
-    return X, target, batch_size, epochs, Xv, tv
+    return X, target, weights, batch_size, epochs, Xv, tv, wv
 
 
 def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol, shuffle,
-                  rng, history):
+                  rng, history, weights=None):
     """``fit`` when nothing needs Python between epochs: chunks of epochs in one compiled call
     each, with the same permutations, learning rates, stopping rule and numbers as the loop."""
     T, count = X.shape[0], _classifies(loss, net)
+    weight = _weight(T, weights)
     epoch = start
     while epoch < epochs:
         n = min(epochs - epoch, max(1, (1 << 20) // T))  # bounds the permutations' memory
@@ -305,14 +323,14 @@ def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, to
             lrs.append(optimizer.current_lr())
         t0 = time.perf_counter()
         outs = E.run_epochs(net, X, target, loss, optimizer, orders, batch_size or T, lrs, tol,
-                            history.loss[-1] if history.loss else None, count)
+                            history.loss[-1] if history.loss else None, count, weights)
         seconds = (time.perf_counter() - t0) / len(outs)
-        for k, (total, _, bad, right) in enumerate(outs):
+        for k, (total, _, bad, right, _) in enumerate(outs):
             if bad >= 0:
                 history.stop_reason = "non-finite"
                 raise TrainingError(f"epoch {epoch + k}, step {int(bad)}: "
                                     f"{not_finite(net, loss)}")
-            history.loss.append(total / T)
+            history.loss.append(total / weight)
             history.lr.append(lrs[k])
             history.epoch_time.append(seconds)
             if count:
@@ -326,29 +344,36 @@ def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, to
 
 
 def epoch_loop(net, X, target, loss, optimizer, batch, epochs, order_of, end_epoch, history,
-               use_engine, count=False, before_step=None, plan=None):
+               use_engine, count=False, before_step=None, plan=None, weights=None,
+               by_rows=False):
     """The training loop of ``fit`` and of the scikit-learn estimators' SGD and Adam.
 
     For each epoch in ``epochs``: the optimizer's epoch is set, the rows are visited in
     ``order_of(epoch)`` (a permutation, or None: in order) in batches of ``batch``, each batch
-    one step (``before_step(rows)`` first, if given: per-step hyper-parameters), then the
-    epoch's mean loss, learning rate and (``count``) training accuracy are appended to
-    ``history``, and ``end_epoch(epoch, t0)`` (t0: the epoch's start, ``time.perf_counter``)
-    returns True to stop. Returns whether ``end_epoch`` stopped the loop. A non-finite step
-    raises ``TrainingError`` naming the epoch and step, with the last good parameters. With a
-    ``distributed.Plan``, each step is shared out over its ranks."""
-    T = X.shape[0]
+    one step (``before_step(rows, weight)`` first, if given, with the batch's rows and weight:
+    per-step hyper-parameters), then the epoch's mean loss, learning rate and (``count``)
+    training accuracy are appended to ``history``, and ``end_epoch(epoch, t0)`` (t0: the
+    epoch's start, ``time.perf_counter``) returns True to stop. Returns whether ``end_epoch``
+    stopped the loop. A non-finite step raises ``TrainingError`` naming the epoch and step,
+    with the last good parameters. With a ``distributed.Plan``, each step is shared out over
+    its ranks.
+
+    ``weights``: the rows' sample weights (None: 1 each). The epoch's loss is the mean of the
+    batch losses weighted by the batches' weights (the weighted mean over the epoch's rows),
+    or with ``by_rows`` by their rows (scikit-learn's estimators)."""
+    T, weight = X.shape[0], _weight(X.shape[0], weights)
     for epoch in epochs:
         t0 = time.perf_counter()
         optimizer.set_epoch(epoch)
         order = order_of(epoch)
         if plan is not None:
-            total, right = plan.epoch(net, X, target, loss, optimizer, order, batch, epoch,
-                                      history, count)
+            total, rows_total, right = plan.epoch(net, X, target, loss, optimizer, order, batch,
+                                                  epoch, history, count, weights)
         else:
-            total, right = _run_epoch(net, X, target, loss, optimizer, order, batch, epoch,
-                                      history, use_engine, count, before_step)
-        history.loss.append(total / T)
+            total, rows_total, right = _run_epoch(net, X, target, loss, optimizer, order, batch,
+                                                  epoch, history, use_engine, count,
+                                                  before_step, weights)
+        history.loss.append(rows_total / T if by_rows else total / weight)
         history.lr.append(optimizer.current_lr())
         if count:
             history.accuracy.append(right / T)
@@ -362,43 +387,52 @@ def epoch_loop(net, X, target, loss, optimizer, batch, epochs, order_of, end_epo
     return False
 
 
+def _weight(T, weights):
+    """The weight of an epoch: its rows, or the sum of their sample weights."""
+    return float(T) if weights is None else KDiv.total(weights)
+
+
 def _run_epoch(net, X, target, loss, optimizer, order, batch, epoch, history, use_engine,
-               count=False, before_step=None):
-    """One epoch through the engine or node by node; returns (sum of batch loss * rows, rows
-    classified right while training, if ``count``). Without ``before_step`` the engine runs
-    the whole epoch in one call, with it one call per step."""
+               count=False, before_step=None, weights=None):
+    """One epoch through the engine or node by node; returns (sum of batch loss * batch
+    weight, sum of batch loss * rows, rows classified right while training, if ``count``).
+    Without ``before_step`` the engine runs the whole epoch in one call, with it one call per
+    step."""
     T = X.shape[0]
     order = np.arange(T) if use_engine and order is None else order
     if use_engine and before_step is None:
-        total, _, bad, right = E.run_epoch(net, X, target, loss, optimizer, order, batch, count)
+        total, _, bad, right, by_rows = E.run_epoch(net, X, target, loss, optimizer, order,
+                                                    batch, count, weights)
         if bad >= 0:
             history.stop_reason = "non-finite"
             raise TrainingError(f"epoch {epoch}, step {bad}: {not_finite(net, loss)}")
-        return total, right
-    total, right = 0.0, 0
+        return total, by_rows, right
+    total, by_rows, right = 0.0, 0.0, 0
     for step, lo in enumerate(range(0, T, batch)):
         rows = min(batch, T - lo)
+        idx = slice(lo, lo + batch) if order is None else order[lo:lo + batch]
+        wb = None if weights is None else weights[idx]
         if before_step is not None:
-            before_step(rows)
+            before_step(rows, float(rows) if wb is None else KDiv.total(wb))
         if use_engine:
-            value, _, bad, r = E.run_epoch(net, X, target, loss, optimizer,
-                                           order[lo:lo + batch], rows, count)
+            value, _, bad, r, v_rows = E.run_epoch(net, X, target, loss, optimizer,
+                                                   order[lo:lo + batch], rows, count, weights)
             if bad >= 0:
                 history.stop_reason = "non-finite"
                 raise TrainingError(f"epoch {epoch}, step {step}: {not_finite(net, loss)}")
-            total, right = total + value, right + r
+            total, by_rows, right = total + value, by_rows + v_rows, right + r
             continue
-        idx = slice(lo, lo + batch) if order is None else order[lo:lo + batch]
         xb, tb = (X, target) if batch == T and order is None else (X[idx], target[idx])
         try:
-            value = train_step(net, xb, tb, loss, optimizer)
+            value = train_step(net, xb, tb, loss, optimizer, wb)
         except TrainingError as e:
             history.stop_reason = "non-finite"
             raise TrainingError(f"epoch {epoch}, step {step}: {e}") from None
-        total += value * xb.shape[0]
+        total += value * (xb.shape[0] if wb is None else KDiv.total(wb))
+        by_rows += value * xb.shape[0]
         if count:
             right += correct(net._last_output, tb)
-    return total, right
+    return total, by_rows, right
 
 
 def _should_stop(history, tol, patience, callbacks, epoch, net):

@@ -102,6 +102,7 @@ SCALAR = {
             lambda z, p: 1.0 if z >= 0 else p * math.exp(z)),
     "gelu": (lambda z, p: z * _normal_cdf(z),
              lambda z, p: _normal_cdf(z) + z * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)),
+    "exp": (lambda z, p: math.exp(z), lambda z, p: math.exp(z)),
 }
 
 
@@ -371,6 +372,33 @@ def sigmoid_binary_kl_from_logits(z, d):
     return div, scalar_forward("sigmoid", z) - d
 
 
+def poisson(Y, d):
+    """Half the Poisson deviance, Div = sum_k d log(d / y) - d + y (0 log 0 = 0);
+    dDiv/dy = 1 - d / y."""
+    T, K = Y.shape
+    div = np.array([math.fsum(_xlogx(float(d[t, k])) - float(d[t, k]) * math.log(float(Y[t, k]))
+                              - float(d[t, k]) + float(Y[t, k]) for k in range(K))
+                    for t in range(T)])
+    return div, 1 - np.asarray(d, float) / np.asarray(Y, float)
+
+
+def exp_poisson_from_logits(z, d):
+    """Half the Poisson deviance of y = exp(z) with log y = z; dDiv/dz = y - d."""
+    T, K = z.shape
+    div = np.array([math.fsum(_xlogx(float(d[t, k])) - float(d[t, k]) * float(z[t, k])
+                              - float(d[t, k]) + math.exp(float(z[t, k])) for k in range(K))
+                    for t in range(T)])
+    return div, np.exp(np.asarray(z, float)) - d
+
+
+def weighted_loss(div, g, w):
+    """The weighted mean sum_t w_t div_t / sum_t w_t and its gradient rows w_t g_t / sum w,
+    from per-row divergences ``div`` and their gradients ``g`` (unscaled)."""
+    w = np.asarray(w, float)
+    W = math.fsum(w)
+    return math.fsum(w * div) / W, g * (w / W)[:, None]
+
+
 # ==============================================================================================
 # A whole network over a list of layer descriptions
 # ==============================================================================================
@@ -467,7 +495,7 @@ def net_magnitude(layers, X):
 
 # -- reading a fastbp network into layer descriptions (reads attributes only) -----------------
 _SCALAR_NAMES = {"Identity": "identity", "Sigmoid": "sigmoid", "Tanh": "tanh",
-                 "Softplus": "softplus", "GELU": "gelu"}
+                 "Softplus": "softplus", "GELU": "gelu", "Exp": "exp"}
 
 
 def describe(net, rrelu_slopes=None):

@@ -57,6 +57,8 @@ def test_fit_engine_equals_per_node(dtype, name, loss_name, make_opt):
     (fb.BinaryKL, fb.Softmax, lambda rng, n: rng.random((n, 2))),  # general (unfused) path
     (fb.L2, fb.Tanh, lambda rng, n: rng.normal(size=(n, 2))),
     (fb.KL, fb.Softmax, lambda rng, n: rng.integers(0, 2, size=n)),
+    (fb.Poisson, fb.Exp, lambda rng, n: rng.poisson(1.0, size=(n, 2)).astype(float)),
+    (fb.Poisson, fb.Softplus, lambda rng, n: rng.poisson(1.0, size=(n, 2)).astype(float)),
 ])
 def test_full_batch_engine_equals_per_node_for_every_divergence(dtype, loss, last, d):
     rng = np.random.default_rng(1)

@@ -58,18 +58,23 @@ def test_gradcheck_every_node_kind(rng, kind):
     assert report.checked["input"] + report.skipped["input"] == X.size
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("loss,target", [
-    (fb.KL(), "labels"), (fb.KL(), "probs"), (fb.BinaryKL(), "binary"), (fb.L2(), "real")])
-def test_gradcheck_through_each_loss(rng, loss, target):
-    """Softmax + KL and Sigmoid + BinaryKL go through the fused gradient: gradcheck it too."""
-    last = fb.Sigmoid() if target == "binary" else fb.Softmax()
+    (fb.KL(), "labels"), (fb.KL(), "probs"), (fb.BinaryKL(), "binary"), (fb.L2(), "real"),
+    (fb.Poisson(), "counts")])
+def test_gradcheck_through_each_loss(rng, loss, target, weighted):
+    """Softmax + KL, Sigmoid + BinaryKL and Exp + Poisson go through the fused gradient:
+    gradcheck it too, and the weighted loss."""
+    last = {"binary": fb.Sigmoid(), "counts": fb.Exp()}.get(target, fb.Softmax())
     net = fb.Sequential(fb.Linear(4, 5), fb.Tanh(), fb.Linear(5, 3), last, seed=0)
     X = rng.normal(size=(6, 4))
     d = {"labels": rng.integers(0, 3, size=6),
          "probs": rng.dirichlet(np.ones(3), size=6),
          "binary": rng.uniform(size=(6, 3)),
-         "real": rng.uniform(size=(6, 3))}[target]
-    report = fb.gradcheck(net, X, d, loss)
+         "real": rng.uniform(size=(6, 3)),
+         "counts": rng.poisson(1.0, size=(6, 3)).astype(float)}[target]
+    w = rng.uniform(0, 3, size=6) if weighted else None
+    report = fb.gradcheck(net, X, d, loss, sample_weight=w)
     assert report.ok, repr(report)
 
 

@@ -43,6 +43,7 @@ SCALAR_KINDS = {  # reference name: (kernel kind, parameter)
     "softplus": (KA.SOFTPLUS, 0.0),
     "elu": (KA.ELU, 0.7),
     "gelu": (KA.GELU, 0.0),
+    "exp": (KA.EXP, 0.0),
 }
 
 
@@ -89,17 +90,17 @@ TESTED = {
     # FORWARD/BACKWARD hold elementwise_forward/backward made for each kind
     "activations": {"_gelu", "_dgelu", "elementwise_forward", "elementwise_backward",
                     *(f"_{n}" for n in ("identity", "sigmoid", "tanh", "relu", "leaky_relu",
-                                        "softplus", "elu", "gelu_p")),
+                                        "softplus", "elu", "gelu_p", "exp")),
                     *(f"_d{n}" for n in ("identity", "sigmoid", "tanh", "relu", "leaky_relu",
-                                         "softplus", "elu", "gelu_p")),
+                                         "softplus", "elu", "gelu_p", "exp")),
                     "rrelu_forward", "rrelu_backward"},
     "vector": {"softmax_forward", "softmax_vjp", "jacobian_vjp"},
     "products": {"elementwise_product_forward", "elementwise_product_backward",
                  "pair_product_forward", "pair_product_backward", "power_product_forward",
                  "power_product_backward", "max_forward", "max_backward"},
     "divergences": {"xlogx", "mean", "correct", "l2", "kl_probs", "kl_labels", "_logsumexp",
-                    "softmax_kl_probs",
-                    "softmax_kl_labels", "binary_kl", "sigmoid_binary_kl"},
+                    "softmax_kl_probs", "softmax_kl_labels", "binary_kl", "sigmoid_binary_kl",
+                    "poisson", "exp_poisson", "total", "weight_scale", "weighted_mean"},
 }
 
 
@@ -314,7 +315,18 @@ def test_leaky_relu_kink_uses_the_seed_convention(dtype):
     np.testing.assert_array_equal(y, np.array([-0.02, 0, 3], dtype))
 
 
-@pytest.mark.parametrize("name", sorted(SCALAR_KINDS))
+def test_exp_overflows_as_exp_does():
+    """Exp is the one activation whose value is unbounded: inf past log(max float), 0 far
+    below, exactly as exp (Poisson's fused loss then reports the overflow)."""
+    kind, p = SCALAR_KINDS["exp"]
+    for dt, big in ((np.float64, 710.0), (np.float32, 89.0)):
+        z = np.array([-1000.0, big, 1.0], dt)
+        y = np.empty_like(z)
+        _scalar_forward(kind, p, z, y)
+        assert y[0] == 0 and y[1] == np.inf and abs(y[2] - math.e) <= 4 * np.finfo(dt).eps * math.e
+
+
+@pytest.mark.parametrize("name", sorted(set(SCALAR_KINDS) - {"exp"}))
 def test_scalar_extremes_are_finite(name):
     """|z| = 1000 overflows naive exp: every activation and derivative stays finite."""
     kind, p = SCALAR_KINDS[name]
@@ -604,6 +616,47 @@ def test_binary_kl_kernel(rng, dtype, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", DIV_SHAPES)
+def test_poisson_kernels(rng, dtype, shape):
+    Y = rng.uniform(0.05, 4.0, size=shape).astype(dtype)
+    d = rng.poisson(2.0, size=shape).astype(dtype)
+    d.reshape(-1)[:1] = 0  # 0 log 0
+    div, dY = _run_div(KDiv.poisson, Y, d, dtype)
+    e_div, e_g = R.poisson(_up(Y), _up(d))
+    _check_div(div, dY, e_div, e_g, dtype, shape[0], "Poisson")
+    z = _data(rng, shape, dtype, scale=2.0)
+    y = np.empty_like(z)
+    _scalar_forward(KA.EXP, 0.0, z.reshape(-1), y.reshape(-1))
+    T = shape[0]
+    div, dz = np.full(T, np.nan), np.full(shape, np.nan, dtype)
+    KDiv.exp_poisson(z, y, d, div, dz, 1.0 / T)
+    e_div, e_g = R.exp_poisson_from_logits(_up(z), _up(d))
+    scale = np.exp(_up(z)) + _up(d) * (1 + np.abs(_up(z)))
+    R.assert_close(div, e_div, dtype, 1 + scale.sum(axis=1), what="div")
+    R.assert_close(dz, e_g / T, dtype, (np.exp(_up(z)) + _up(d)) / T, what="dz")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 5, 33])
+def test_weighted_mean_kernels(rng, dtype, T):
+    w = rng.uniform(0, 3, size=T)
+    w[0] = 0.0  # a row that does not count
+    div, g = rng.uniform(0, 2, size=T), rng.normal(size=(T, 4))
+    if T > 1:
+        assert KDiv.total(w) == pytest.approx(math.fsum(w), rel=1e-15)
+        scale = KDiv.weight_scale(KDiv.total(w))
+        dY = (g * scale).astype(dtype)
+        value = KDiv.weighted_mean(div, dY, w, scale)
+        e_value, e_g = R.weighted_loss(div, g, w)
+        assert value == pytest.approx(e_value, rel=1e-14)
+        R.assert_close(dY, e_g, dtype, what="weighted rows")
+    zero = np.zeros(T)
+    assert KDiv.weight_scale(KDiv.total(zero)) == 0.0  # a batch of weight 0 adds nothing
+    dY = g.astype(dtype)
+    assert KDiv.weighted_mean(div, dY, zero, 0.0) == 0.0 and not dY.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", DIV_SHAPES)
 def test_fused_softmax_kl_kernels(rng, dtype, shape):
     z = _data(rng, shape, dtype, scale=3.0)
     y = np.empty_like(z)
@@ -712,6 +765,8 @@ def _twin_args(name, rng, dtype):
         "softmax_kl_labels": (KDiv, (f(T, D), P, labels, np.empty(T), e(T, D), 0.2), (3, 4)),
         "sigmoid_binary_kl": (KDiv, (f(T, D), P, P[::-1].copy(), np.empty(T), e(T, D), 0.2),
                               (3, 4)),
+        "poisson": (KDiv, (P, P[::-1].copy(), np.empty(T), e(T, D), 0.2), (2, 3)),
+        "exp_poisson": (KDiv, (f(T, D), P, P[::-1].copy(), np.empty(T), e(T, D), 0.2), (3, 4)),
     }[name]
 
 
@@ -721,7 +776,7 @@ TWINS = ["dense_forward_blas", "dense_backward_params_blas", "dense_backward_inp
          "elementwise_product_backward", "pair_product_forward", "pair_product_backward",
          "power_product_forward", "power_product_backward", "max_forward", "max_backward", "l2",
          "kl_probs", "kl_labels", "binary_kl", "softmax_kl_probs", "softmax_kl_labels",
-         "sigmoid_binary_kl"]
+         "sigmoid_binary_kl", "poisson", "exp_poisson"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -125,6 +125,55 @@ def test_fused_sigmoid_binary_kl_agrees_with_the_general_path(rng, K):
     _assert_agree(gf, gg)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_poisson(rng, dtype, shape):
+    Y = rng.uniform(0.05, 5.0, size=shape).astype(dtype)
+    d = rng.poisson(1.5, size=shape).astype(float)
+    d.reshape(-1)[0] = 0.0
+    _check(fb.Poisson(), Y, d, np.asarray(d.astype(dtype), np.float64), R.poisson, dtype)
+
+
+def test_poisson_refuses_negative_targets():
+    with pytest.raises(ValueError, match="Poisson targets must be >= 0, found -1"):
+        fb.Poisson()(np.ones((2, 1)), np.array([[1.0], [-1.0]]))
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_fused_exp_poisson_agrees_with_the_general_path(rng, K):
+    net = fb.Sequential(fb.Linear(7, 5), fb.Tanh(), fb.Linear(5, K), fb.Exp(), seed=0)
+    X = rng.normal(size=(6, 7))
+    d = rng.poisson(1.0, size=(6, K)).astype(float)
+    (vf, gf), (vg, gg, _) = _both_paths(net, X, d, fb.Poisson())
+    assert abs(vf - vg) <= FUSED_TOL * abs(vf)
+    _assert_agree(gf, gg)
+
+
+@pytest.mark.parametrize("loss, make_d", [
+    (fb.L2(), lambda rng, T, K: rng.normal(size=(T, K))),
+    (fb.KL(), lambda rng, T, K: rng.integers(0, K, size=T)),
+    (fb.KL(), lambda rng, T, K: _probs(rng, (T, K))),
+    (fb.BinaryKL(), lambda rng, T, K: rng.uniform(size=(T, K))),
+    (fb.Poisson(), lambda rng, T, K: rng.poisson(1.0, size=(T, K)).astype(float)),
+])
+def test_weighted_loss_against_the_reference(rng, loss, make_d):
+    """Weighted value and gradient, general path: sum_t w_t Div_t / sum_t w_t."""
+    T, K = 7, 3
+    Y = _probs(rng, (T, K), zeros=False) if not isinstance(loss, fb.L2) else \
+        rng.normal(size=(T, K))
+    d = make_d(rng, T, K)
+    w = rng.uniform(0, 3, size=T)
+    w[2] = 0
+    target = loss.target(d, T, K, np.float64)
+    ref = {fb.L2: R.l2, fb.KL: R.kl, fb.BinaryKL: R.binary_kl, fb.Poisson: R.poisson}[type(loss)]
+    div, g = ref(Y, R.one_hot(target, K) if target.ndim == 1 else target)
+    e_value, e_grad = R.weighted_loss(div, g, w)
+    assert loss(Y, d, sample_weight=w) == pytest.approx(e_value, rel=1e-13)
+    R.assert_close(loss.grad(Y, d, sample_weight=w), e_grad, np.float64)
+    # weights that are all equal give the unweighted loss
+    assert loss(Y, d, sample_weight=np.full(T, 2.5)) == pytest.approx(loss(Y, d), rel=1e-14)
+
+
 def test_fused_paths_against_the_reference(rng):
     """The fused loss and gradient are the reference's divergence of the network's output."""
     net = fb.Sequential(fb.Linear(3, 4), fb.Softmax(), seed=0)

@@ -46,6 +46,7 @@ NODES = {
     "Softplus": (fb.Softplus, 7, _normal, False),
     "ELU": (lambda: fb.ELU(0.7), 7, _normal, True),
     "GELU": (fb.GELU, 7, _normal, False),
+    "Exp": (fb.Exp, 7, _normal, False),
     "Softmax": (fb.Softmax, 7, _normal, False),
     "Softmax-1": (fb.Softmax, 1, _normal, False),
     "VectorActivation": (lambda: fb.VectorActivation(scaled_by_tanh_sum,

@@ -82,6 +82,109 @@ def test_same_trajectory_as_sklearn_without_alpha(kind, solver):
         np.testing.assert_array_equal(a.predict(X), b.predict(X))
 
 
+@pytest.mark.parametrize("kind", list(DATA))
+@pytest.mark.parametrize("solver, extra", [("sgd", {}), ("adam", {}),
+                                           ("adam", {"early_stopping": True}),
+                                           ("sgd", {"alpha": 0.01})])
+def test_sample_weight_follows_sklearn(kind, solver, extra):
+    """Weighted batches (loss and penalty over the batch's weight), a weighted early-stopping
+    split and validation score: scikit-learn's trajectory to rounding (with alpha > 0 the
+    intercepts' decay differs, as unweighted)."""
+    X, y = DATA[kind]
+    w = np.random.default_rng(7).uniform(0, 3, size=X.shape[0])
+    ours, theirs = _pair(kind)
+    kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver=solver, alpha=0.0,
+              batch_size=32, max_iter=6, random_state=0, learning_rate_init=0.01)
+    kw.update(extra)
+    a, b = ours(**kw).fit(X, y, sample_weight=w), theirs(**kw).fit(X, y, sample_weight=w)
+    atol = ALPHA_SGD_ATOL if kw["alpha"] else SAME_PATH_ATOL
+    for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_allclose(p, q, rtol=0, atol=atol)
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-3 if kw["alpha"] else 1e-12)
+    if extra.get("early_stopping"):
+        np.testing.assert_allclose(a.validation_scores_, b.validation_scores_, rtol=1e-12)
+    unweighted = ours(**kw).fit(X, y)
+    assert not np.allclose(unweighted.coefs_[0], a.coefs_[0], atol=1e-6)
+    # partial_fit takes the weights too
+    c, e = ours(**kw), theirs(**kw)
+    if not extra.get("early_stopping"):
+        classes = {} if kind == "regression" else \
+            {"classes": np.unique(y) if kind != "multilabel" else np.arange(3)}
+        c.partial_fit(X, y, sample_weight=w, **classes)
+        e.partial_fit(X, y, sample_weight=w, **classes)
+        np.testing.assert_allclose(c.coefs_[0], e.coefs_[0], rtol=0, atol=atol)
+
+
+def test_sample_weight_with_lbfgs_and_score():
+    X, y = DATA["multiclass"]
+    w = np.random.default_rng(8).uniform(0, 3, size=X.shape[0])
+    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="lbfgs", alpha=1e-3,
+              max_iter=30, random_state=0)
+    a, b = MLPClassifier(**kw).fit(X, y, sample_weight=w), \
+        skn.MLPClassifier(**kw).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(a.loss_, b.loss_, rtol=1e-6)
+    assert a.score(X, y, sample_weight=w) == pytest.approx(b.score(X, y, sample_weight=w))
+    with pytest.raises(ValueError, match="sample_weight"):
+        MLPClassifier(**kw).fit(X, y, sample_weight=w[:-1])
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+def test_poisson_follows_sklearn(solver):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 3))
+    y = rng.poisson(np.exp(X @ [0.3, -0.2, 0.1]))
+    kw = dict(loss="poisson", hidden_layer_sizes=(6,), activation="tanh", solver=solver,
+              alpha=0.0, max_iter=20, random_state=0)
+    a, b = MLPRegressor(**kw).fit(X, y), skn.MLPRegressor(**kw).fit(X, y)
+    assert a.out_activation_ == b.out_activation_ == "exp"
+    assert isinstance(a.network_[-1], fb.Exp)
+    rtol = 1e-6 if solver == "lbfgs" else 1e-12
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=rtol)
+    np.testing.assert_allclose(a.loss_, b.loss_, rtol=rtol)
+    assert a.n_iter_ == b.n_iter_
+    with pytest.raises(ValueError, match="Poisson targets must be >= 0"):
+        MLPRegressor(**kw).fit(X, y - 5.0)
+
+
+def test_poisson_with_one_identity_unit_is_a_poisson_regression():
+    """One identity hidden unit and an exp output: a Poisson GLM, which L-BFGS fits to the
+    same predictions as scikit-learn's PoissonRegressor."""
+    from sklearn.linear_model import PoissonRegressor
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 3))
+    y = rng.poisson(np.exp(X @ [0.4, -0.3, 0.2] + 0.1))
+    glm = PoissonRegressor(alpha=0, tol=1e-10, max_iter=1000).fit(X, y)
+    mlp = MLPRegressor(loss="poisson", hidden_layer_sizes=(1,), activation="identity",
+                       solver="lbfgs", alpha=0, tol=1e-12, max_iter=2000,
+                       random_state=0).fit(X, y)
+    np.testing.assert_allclose(mlp.predict(X), glm.predict(X), rtol=1e-4)
+
+
+def test_a_diverging_fit_with_early_stopping_ends_as_sklearn_does():
+    """scikit-learn trains on with NaN weights: NaN scores up to max_iter, a convergence
+    warning, the best (finite) parameters kept."""
+    X, y = DATA["regression"]
+    kw = dict(hidden_layer_sizes=(8,), activation="identity", solver="sgd",
+              learning_rate_init=1.0, early_stopping=True, random_state=0, max_iter=30)
+    a = MLPRegressor(**kw)
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        a.fit(X, y)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = skn.MLPRegressor(**kw).fit(X, y)
+    assert a.n_iter_ == b.n_iter_ == 30 and len(a.validation_scores_) == 30
+    assert isinstance(a.validation_scores_[-1], float) and np.isnan(a.validation_scores_[-1])
+    assert np.isnan(b.validation_scores_[-1])
+    first_nan = [int(np.argmax(np.isnan(v))) for v in (a.validation_scores_,
+                                                       b.validation_scores_)]
+    assert abs(first_nan[0] - first_nan[1]) <= 1
+    assert a.best_validation_score_ == pytest.approx(b.best_validation_score_, rel=1e-6)
+    assert np.isfinite(a.network_.flat_params).all()
+    # the best epoch came after steps of growing size: rounding grows with them
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["multiclass", "regression"])
 def test_alpha_with_sgd_close_to_sklearn(kind):
     X, y = DATA[kind]
@@ -259,7 +362,7 @@ def test_bad_parameters(params, error, match):
         MLPClassifier(**params).fit(X, y)
 
 
-def test_bad_data_and_poisson():
+def test_bad_data():
     X, y = DATA["regression"]
     bad = X.copy()
     bad[3, 2] = np.nan
@@ -268,8 +371,6 @@ def test_bad_data_and_poisson():
     reg = MLPRegressor(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, y)
     with pytest.raises(ValueError, match="features"):
         reg.predict(X[:, :3])
-    with pytest.raises(ValueError, match="poisson"):
-        MLPRegressor(loss="poisson").fit(X, y)
 
 
 def test_divergence_raises_and_keeps_parameters():

@@ -14,7 +14,7 @@ from numba import prange
 from .._config import INLINE, PARALLEL, njit, serial_twin, specialise
 from .fastmath import fexp, fexpm1, fsigmoid, fsoftplus, ftanh
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, ELU, GELU = range(8)
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS, ELU, GELU, EXP = range(9)
 
 _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
@@ -134,12 +134,22 @@ def _dgelu_p(z, y, p):
     return _dgelu(z)
 
 
+@njit(**INLINE)
+def _exp(z, p):
+    return fexp(z)
+
+
+@njit(**INLINE)
+def _dexp(z, y, p):
+    return y
+
+
 _KINDS = {IDENTITY: ("identity", _identity, _didentity),
           SIGMOID: ("sigmoid", _sigmoid, _dsigmoid),
           TANH: ("tanh", _tanh, _dtanh), RELU: ("relu", _relu, _drelu),
           LEAKY_RELU: ("leaky_relu", _leaky_relu, _dleaky_relu),
           SOFTPLUS: ("softplus", _softplus, _dsoftplus), ELU: ("elu", _elu, _delu),
-          GELU: ("gelu", _gelu_p, _dgelu_p)}
+          GELU: ("gelu", _gelu_p, _dgelu_p), EXP: ("exp", _exp, _dexp)}
 #: kind -> its forward kernel (p, z, y) and backward kernel (p, z, y, dy, dz), each compiled on
 #: first use, so a network compiles only its own activations; their serial twins the same.
 FORWARD = {k: specialise(elementwise_forward, f"{n}_forward", F=f)

@@ -1,8 +1,10 @@
 """Divergences per instance, div[t] = Div(Y[t], d[t]), and their gradients scaled by 1/T.
 
-Row t owns div[t] and dY[t]. The ``softmax_kl_*`` and ``sigmoid_binary_kl`` kernels are the fused
-forms used when the network ends in that activation: they take the logits z and give the stable
-loss (through log-sum-exp / softplus) and dDiv/dz = (y - d) / T directly.
+Row t owns div[t] and dY[t]. The ``softmax_kl_*``, ``sigmoid_binary_kl`` and ``exp_poisson``
+kernels are the fused forms used when the network ends in that activation: they take its input
+z and give the stable loss (through log-sum-exp, softplus, or z = log y) and
+dDiv/dz = (y - d) / T directly. Weighted batches: the same kernels with scale 1 / sum_t w_t,
+then ``weighted_mean``.
 """
 
 import math
@@ -27,6 +29,34 @@ def mean(div):
     for t in range(div.shape[0]):
         s += div[t]
     return s / div.shape[0]
+
+
+@njit(**SERIAL)
+def total(w):
+    """sum_t w[t], in one fixed order (a weighted batch's weight)."""
+    s = 0.0
+    for t in range(w.shape[0]):
+        s += w[t]
+    return s
+
+
+@njit(**SERIAL)
+def weight_scale(wsum):
+    """1 / wsum, the scale of a weighted batch's gradient; 0 for a batch whose weights are all
+    0 (it contributes nothing)."""
+    return 1.0 / wsum if wsum > 0 else 0.0
+
+
+@njit(**SERIAL)
+def weighted_mean(div, dY, w, scale):
+    """sum_t w[t] div[t] scale, the weighted mean divergence, after weighting each row of the
+    gradient, computed with ``scale`` = 1 / sum_t w[t]: dY[t] *= w[t]."""
+    s = 0.0
+    for t in range(div.shape[0]):
+        s += w[t] * div[t]
+        for i in range(dY.shape[1]):
+            dY[t, i] *= w[t]
+    return s * scale
 
 
 @njit(**SERIAL)
@@ -155,6 +185,32 @@ def sigmoid_binary_kl(z, y, d, div, dz, scale):
         div[t] = s
 
 
+@njit(**PARALLEL)
+def poisson(Y, d, div, dY, scale):
+    """Half the Poisson deviance: Div = sum_k d log(d / y) - d + y (y > 0, d >= 0);
+    dY = (1 - d / y) scale."""
+    for t in prange(Y.shape[0]):
+        s = 0.0
+        for k in range(Y.shape[1]):
+            y, dd = Y[t, k], d[t, k]
+            s += xlogx(dd) - dd * flog(y) - dd + y
+            dY[t, k] = (1 - dd / y) * scale
+        div[t] = s
+
+
+@njit(**PARALLEL)
+def exp_poisson(z, y, d, div, dz, scale):
+    """Fused exp + half Poisson deviance through the log link, from z = log y:
+    Div = sum_k d log d - d z - d + y; dz = (y - d) scale (finite where y = exp(z) is)."""
+    for t in prange(z.shape[0]):
+        s = 0.0
+        for k in range(z.shape[1]):
+            dd = d[t, k]
+            s += xlogx(dd) - dd * z[t, k] - dd + y[t, k]
+            dz[t, k] = (y[t, k] - dd) * scale
+        div[t] = s
+
+
 # The same kernels run serially, for ops too small to split (see _config.serial_twin).
 l2_serial = serial_twin(l2)
 kl_probs_serial = serial_twin(kl_probs)
@@ -163,3 +219,5 @@ softmax_kl_probs_serial = serial_twin(softmax_kl_probs)
 softmax_kl_labels_serial = serial_twin(softmax_kl_labels)
 binary_kl_serial = serial_twin(binary_kl)
 sigmoid_binary_kl_serial = serial_twin(sigmoid_binary_kl)
+poisson_serial = serial_twin(poisson)
+exp_poisson_serial = serial_twin(exp_poisson)

@@ -32,12 +32,13 @@ PAR_MIN_WORK = 1 << 16  # elements from which an elementwise op runs on the thre
 
 # ctx: addresses (of the workspace's buffers, the network's, and the batch's), then integers.
 (ACT, GRAD, IACT, PARAMS, GRADS, CONSTS, ICONSTS, SCRATCH, ZEROS, DBIAS, FP, X, LABELS, D,
- ORDER, BLABELS, BD, DIV, HYPER, STATE1, STATE2, FSCAL, OK,
- N_X, D_W, N_PARAMS, LO, STEP, RIGHT) = range(29)
-N_CTX = 29
-# FSCAL, float64: the epoch's learning rate, the batch's loss, and whether its gradient is finite.
-LR, LOSS, FINITE = range(3)
-N_FSCAL = 3
+ ORDER, BLABELS, BD, DIV, HYPER, STATE1, STATE2, FSCAL, OK, SW, BW,
+ N_X, D_W, N_PARAMS, LO, STEP, RIGHT) = range(31)
+N_CTX = 31
+# FSCAL, float64: the epoch's learning rate, the batch's loss, whether its gradient is finite,
+# and the batch's weight (its rows, or the sum of their sample weights).
+LR, LOSS, FINITE, WSUM = range(4)
+N_FSCAL = 4
 # An op's row: activation offsets in and out, gradient offsets in and out (-1: none), widths,
 # parameter offsets of W and b (-1: none), three auxiliary fields (say which in the op's
 # kernels), and the op's index into FP (its float parameter).
@@ -69,16 +70,17 @@ def _fields(ctx, op):
 # Op functions. ``_config.op_kernel(op, dtype, **leaves)`` compiles a copy of one with these
 # globals bound (numba compiles globals as constants, and drops branches on them before it
 # types anything): DT the dtype, KERNEL/KERNEL2 the leaf kernels it calls, and its flags
-# (NEED_DY, BY_LABEL, FUSED, BLAS).
+# (NEED_DY, BY_LABEL, FUSED, BLAS, WEIGHTED).
 # ---------------------------------------------------------------------------------------------
 DT = KERNEL = KERNEL2 = None
-NEED_DY = BY_LABEL = FUSED = BLAS = False
+NEED_DY = BY_LABEL = FUSED = BLAS = WEIGHTED = False
 
 
 @njit(**OP)
 def load_batch(ctx, op, rows):
     """Rows ``order[LO:LO + rows]`` of X into the input register (offset 0), their labels into
-    BLABELS (BY_LABEL) or their target rows into BD."""
+    BLABELS (BY_LABEL) or their target rows into BD, and (WEIGHTED) their sample weights from
+    SW into BW."""
     c = _ints(ctx, 0, N_CTX)
     order, n_x, w = _ints(c[ORDER], c[LO], rows), c[N_X], c[D_W]
     x, bd, bl = _mat(c[ACT], 0, rows, n_x, DT), _mat(c[BD], 0, rows, w, DT), _ints(c[BLABELS], 0,
@@ -94,6 +96,8 @@ def load_batch(ctx, op, rows):
             d = _vec(c[D], order[r] * w, w, DT)
             for j in range(w):
                 bd[r, j] = d[j]
+        if WEIGHTED:
+            _vec(c[BW], r, 1, np.float64)[0] = _vec(c[SW], order[r], 1, np.float64)[0]
 
 
 @njit(**OP)
@@ -241,23 +245,30 @@ def max_backward(ctx, op, rows):
 def loss(ctx, op, rows):
     """The batch's mean divergence into FSCAL[LOSS] and its gradient, by KERNEL(Y, target, div,
     dY, 1 / rows) into GOUT or, FUSED, by KERNEL(z, Y, target, div, dz, 1 / rows) into GIN (z the
-    last op's input at IN); the target is the labels (BY_LABEL) or the target rows."""
+    last op's input at IN); the target is the labels (BY_LABEL) or the target rows. WEIGHTED:
+    the weighted mean by the batch's weights in BW, as ``Divergence.value_and_grad``."""
     c, o = _fields(ctx, op)
     n = o[N_OUT]
     Y, dv = _mat(c[ACT], o[OUT], rows, n, DT), _vec(c[DIV], 0, rows, np.float64)
-    scale = 1.0 / rows
+    fs, bw = _vec(c[FSCAL], 0, N_FSCAL, np.float64), _vec(c[BW], 0, rows if WEIGHTED else 0,
+                                                          np.float64)
+    wsum = KDiv.total(bw) if WEIGHTED else float(rows)
+    scale = KDiv.weight_scale(wsum) if WEIGHTED else 1.0 / rows
+    g = _mat(c[GRAD], o[GIN] if FUSED else o[GOUT], rows, n, DT)
     if FUSED and BY_LABEL:
-        KERNEL(_mat(c[ACT], o[IN], rows, n, DT), Y, _ints(c[BLABELS], 0, rows), dv,
-               _mat(c[GRAD], o[GIN], rows, n, DT), scale)
+        KERNEL(_mat(c[ACT], o[IN], rows, n, DT), Y, _ints(c[BLABELS], 0, rows), dv, g, scale)
     elif FUSED:
-        KERNEL(_mat(c[ACT], o[IN], rows, n, DT), Y, _mat(c[BD], 0, rows, c[D_W], DT), dv,
-               _mat(c[GRAD], o[GIN], rows, n, DT), scale)
-    elif BY_LABEL:
-        KERNEL(Y, _ints(c[BLABELS], 0, rows), dv, _mat(c[GRAD], o[GOUT], rows, n, DT), scale)
-    else:
-        KERNEL(Y, _mat(c[BD], 0, rows, c[D_W], DT), dv, _mat(c[GRAD], o[GOUT], rows, n, DT),
+        KERNEL(_mat(c[ACT], o[IN], rows, n, DT), Y, _mat(c[BD], 0, rows, c[D_W], DT), dv, g,
                scale)
-    _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LOSS] = KDiv.mean(dv)
+    elif BY_LABEL:
+        KERNEL(Y, _ints(c[BLABELS], 0, rows), dv, g, scale)
+    else:
+        KERNEL(Y, _mat(c[BD], 0, rows, c[D_W], DT), dv, g, scale)
+    if WEIGHTED:
+        fs[LOSS] = KDiv.weighted_mean(dv, g, bw, scale)
+    else:
+        fs[LOSS] = KDiv.mean(dv)
+    fs[WSUM] = wsum
 
 
 @njit(**OP)
@@ -319,22 +330,25 @@ def converged(prev, loss, tol):
 
 
 @njit(**SERIAL)
-def train_epochs(ctx, fscal, full, tail, n_pre, orders, batch, lrs, tol, prev, outs, t0):
+def train_epochs(ctx, fscal, full, tail, n_pre, orders, batch, lrs, tol, prev, outs, t0,
+                 weight):
     """Epochs one after another, epoch e on rows ``orders[e]`` (or ``orders[0]`` for every
     epoch) in batches of ``batch`` rows, with learning rate ``lrs[e]``. A step runs the program
     ``full`` (``tail`` for a last, shorter batch): its first ``n_pre`` calls load the batch, run
     forward, the loss and backward and check the gradient; if the loss and the gradient are
-    finite, the others update the parameters. ``outs[e]`` receives (sum of batch loss * rows,
-    steps done, first bad step or -1, rows classified right as they were trained on). Stops
-    after an epoch with a non-finite step, or whose mean loss differs from the previous one
-    (``prev`` before the first) by less than ``tol`` (the seed's test; tol < 0: never).
+    finite, the others update the parameters. ``outs[e]`` receives (sum of batch loss * batch
+    weight, steps done, first bad step or -1, rows classified right as they were trained on,
+    sum of batch loss * rows), a batch's weight being its rows or, weighted, the sum of its
+    sample weights, whose total over the epoch is ``weight``. Stops after an epoch with a
+    non-finite step, or whose mean loss (the first sum / ``weight``) differs from the previous
+    one (``prev`` before the first) by less than ``tol`` (the seed's test; tol < 0: never).
     Returns the number of epochs run."""
     T = orders.shape[1]
     steps = 0
     for e in range(lrs.shape[0]):
         fscal[LR] = lrs[e]
         ctx[RIGHT] = 0
-        total, step, bad = 0.0, 0, -1
+        total, by_rows, step, bad = 0.0, 0.0, 0, -1
         for lo in range(0, T, batch):
             rows = min(batch, T - lo)
             prog = full if rows == batch else tail
@@ -347,13 +361,15 @@ def train_epochs(ctx, fscal, full, tail, n_pre, orders, batch, lrs, tol, prev, o
                 break
             for k in range(n_pre, prog.shape[0]):
                 call_op(prog[k, 0], prog[k, 1], prog[k, 2], rows)
-            total += fscal[LOSS] * rows
+            total += fscal[LOSS] * fscal[WSUM]
+            by_rows += fscal[LOSS] * rows
             step += 1
         outs[e, 0], outs[e, 1], outs[e, 2], outs[e, 3] = total, step, bad, ctx[RIGHT]
+        outs[e, 4] = by_rows
         steps += step
         if bad >= 0:
             return e + 1
-        value = total / T
+        value = total / weight
         if converged(prev, value, tol):
             return e + 1
         prev = value
