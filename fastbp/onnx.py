@@ -109,7 +109,12 @@ class GraphBuilder:
                                  negative, z], where)
 
     def output(self, y, name):
-        """Give tensor y the graph output's ``name`` (reserved before any operator)."""
+        """Give tensor y the graph output's ``name`` (reserved before any operator): rename
+        the output of the operator just appended, if it made y, else append an Identity."""
+        last = self.nodes[-1] if self.nodes else None
+        if last is not None and list(last.output) == [y]:
+            last.output[0] = name
+            return name
         self.nodes.append(self.onnx.helper.make_node("Identity", [y], [name],
                                                      name=self.fresh(f"{name}/Identity")))
         return name
@@ -254,13 +259,19 @@ def _max_over(node, g, x, where):
     """y_j = max of z over subsets[j]: one Gather of an (M, k) index table, k the largest
     subset, shorter subsets padded with their own first index (which leaves their max as it
     is), then ReduceMax over the last axis."""
-    if node.subsets is None:  # MaxPool1d before its input width is known
-        raise ValueError(f"node {where} ({node!r}) needs a known input width to export")
     k = max(s.size for s in node.subsets)
     table = np.array([np.concatenate([s, np.full(k - s.size, s[0])]) for s in node.subsets],
                      np.int64)
     picked = g.op("Gather", [x, g.const(table, f"{where}.subsets", np.int64)], where, axis=1)
     return g.reduce("ReduceMax", picked, [2], where)
+
+
+def _max_pool(node, g, x, where):
+    # its windows depend on the input width, which the graph then fixes
+    if g.widths.get(x) is None:
+        raise ValueError(f"node {where} ({node!r}) needs a known input width to export: put a "
+                         f"Linear before it")
+    return _max_over(node, g, x, where)
 
 
 #: Node class -> emitter ``emit(node, g, x, where) -> output name`` (see the module docstring).
@@ -282,7 +293,7 @@ EMITTERS = {
     PairProduct: _pair_product,
     PowerProduct: _power_product,
     MaxOver: _max_over,
-    MaxPool1d: _max_over,
+    MaxPool1d: _max_pool,
 }
 
 
