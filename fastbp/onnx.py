@@ -21,9 +21,12 @@ Examples
 ['Gemm', 'Tanh', 'Gemm', 'Softmax']
 """
 
+import functools
 from numbers import Integral
 
 import numpy as np
+import scipy.special
+from numpy.polynomial import chebyshev
 from sklearn.utils.validation import check_is_fitted
 
 from .network import Sequential
@@ -209,18 +212,47 @@ def _softplus(node, g, x, where):
     return g.op("Add", [g.op("Relu", [x], where), _log1p(g, e, where)], where)
 
 
+@functools.lru_cache(maxsize=None)
+def _erfc_series():
+    """Chebyshev coefficients of P with erfc(a) = t exp(-a^2 + P(u)) for a >= 0, t = 2 / (2 + a),
+    u = 2 t - 1 (Numerical Recipes' form), interpolated from scipy's erfcx: degree 28 gives
+    erf = 1 - erfc within 2e-15."""
+    def p(u):
+        t = (u + 1) / 2
+        return np.log(scipy.special.erfcx(2 / t - 2) / t)
+    return chebyshev.chebinterpolate(p, 28)
+
+
+def _erf(g, s, where):
+    """erf(s) from Exp and arithmetic (onnxruntime has Erf in float32 only): sign(s) (1 - erfc
+    |s|), erfc by :func:`_erfc_series` with Clenshaw's recurrence."""
+    c = _erfc_series()
+    a = g.op("Abs", [s], where)
+    two = g.const(2.0, f"{where}/two")
+    t = g.op("Div", [two, g.op("Add", [two, a], where)], where)
+    u = g.op("Div", [g.op("Sub", [two, a], where), g.op("Add", [two, a], where)], where)
+    u2 = g.op("Mul", [u, two], where)
+    b1, b2 = g.const(c[-1], f"{where}/c"), None
+    for ck in c[-2:0:-1]:  # b_k = 2 u b_{k+1} - b_{k+2} + c_k
+        b0 = g.op("Add", [g.op("Mul", [u2, b1], where), g.const(ck, f"{where}/c")], where)
+        b1, b2 = (g.op("Sub", [b0, b2], where) if b2 is not None else b0), b1
+    series = g.op("Add", [g.op("Sub", [g.op("Mul", [u, b1], where), b2], where),
+                          g.const(c[0], f"{where}/c")], where)
+    exponent = g.op("Sub", [series, g.op("Mul", [a, a], where)], where)
+    erfc = g.op("Mul", [t, g.op("Exp", [exponent], where)], where)
+    one = g.const(1.0, f"{where}/one")
+    positive = g.op("Sub", [one, erfc], where)
+    negative = g.op("Less", [s, g.const(0.0, f"{where}/zero")], where)
+    return g.op("Where", [negative, g.op("Sub", [erfc, one], where), positive], where)
+
+
 def _gelu(node, g, x, where):
     """0.5 z (1 + erf(z / sqrt 2)), the exact form: Gelu from opset 20, else from Erf.
-    onnxruntime has Erf and Gelu for float32 only: float64 computes erf in float32 (error
-    below 1e-7)."""
+    onnxruntime has Erf and Gelu for float32 only: float64 builds erf from Exp (``_erf``)."""
     if g.dtype == np.float32 and g.opset >= 20:
         return g.op("Gelu", [x], where)
     s = g.op("Mul", [x, g.const(_SQRT_HALF, f"{where}/sqrt_half")], where)
-    if g.dtype == np.float32:
-        erf = g.op("Erf", [s], where)
-    else:
-        s32 = g.op("Cast", [s], where, to=g.onnx.TensorProto.FLOAT)
-        erf = g.op("Cast", [g.op("Erf", [s32], where)], where, to=g.onnx.TensorProto.DOUBLE)
+    erf = g.op("Erf", [s], where) if g.dtype == np.float32 else _erf(g, s, where)
     half_z = g.op("Mul", [x, g.const(0.5, f"{where}/half")], where)
     return g.op("Mul", [half_z, g.op("Add", [erf, g.const(1.0, f"{where}/one")], where)], where)
 
