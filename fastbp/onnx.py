@@ -160,7 +160,7 @@ def _unary(op_type):
 
 
 def _leaky(slope, g, x, where):
-    # onnxruntime runs LeakyRelu in float32 only (and its alpha is a float32 attribute):
+    # onnxruntime lacks float64 LeakyRelu at some opsets (and its alpha is a float32 attribute):
     # float64 multiplies by the slope as a double constant.
     if g.dtype == np.float32:
         return g.op("LeakyRelu", [x], where, alpha=slope)
