@@ -19,7 +19,7 @@ LAYERS = [
     ("composite nodes", {"fastbp.products"}),
     ("training", {"fastbp.distributed", "fastbp.training"}),
     ("adapters", {"fastbp.sklearn", "fastbp.interop", "fastbp.cli", "fastbp.__main__",
-                  "fastbp"}),
+                  "fastbp", "fastbp.onnx"}),
 ]
 
 # Imported inside the functions that need them: optional (matplotlib, torch) or costly to
