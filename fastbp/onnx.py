@@ -30,7 +30,8 @@ from numpy.polynomial import chebyshev
 from sklearn.utils.validation import check_is_fitted
 
 from .network import Sequential
-from .nodes import ELU, GELU, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid, Softplus, Tanh
+from .nodes import (ELU, GELU, Exp, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid, Softplus,
+                    Tanh)
 from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
 from .sklearn import MLPClassifier, MLPRegressor
 from .vector import Softmax
@@ -320,6 +321,7 @@ EMITTERS = {
     ELU: _elu,
     Softplus: _softplus,
     GELU: _gelu,
+    Exp: _unary("Exp"),
     Softmax: _softmax,
     Product: _product,
     PairProduct: _pair_product,

@@ -162,7 +162,7 @@ def _every_node(dtype):
         fb.Linear(8, 8), fb.GELU(), fb.Identity(), fb.MaxPool1d(2),
         fb.Linear(4, 6), fb.Softplus(), fb.PowerProduct(np.full((6, 4), 0.5)),
         fb.Linear(4, 6), fb.PairProduct(), fb.MaxOver([[0, 1], [1, 2], [0, 2]]),
-        fb.Linear(3, 3), fb.Softmax(), dtype=dtype, seed=8)
+        fb.Linear(3, 3), fb.Exp(), fb.Linear(3, 3), fb.Softmax(), dtype=dtype, seed=8)
 
 
 @pytest.mark.parametrize("opset", [13, 17, 18, 20, 21])
@@ -315,11 +315,12 @@ def test_classifier(kind, dtype, zipmap, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n_outputs", [1, 2])
-def test_regressor(n_outputs, dtype, rng):
+@pytest.mark.parametrize("n_outputs, loss", [(1, "squared_error"), (2, "squared_error"),
+                                             (1, "poisson")])
+def test_regressor(n_outputs, loss, dtype, rng):
     X = rng.normal(size=(50, 3)).astype(dtype)
     y = X[:, 0] ** 2 if n_outputs == 1 else np.stack([X[:, 0] ** 2, X[:, 1] - X[:, 2]], 1)
-    reg = _fit(MLPRegressor(hidden_layer_sizes=(8,), activation="gelu", max_iter=40,
+    reg = _fit(MLPRegressor(hidden_layer_sizes=(8,), activation="gelu", max_iter=40, loss=loss,
                             random_state=0), X, y)
     model = to_onnx(reg)
     assert [o.name for o in model.graph.output] == ["variable"]
