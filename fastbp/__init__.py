@@ -4,6 +4,7 @@ from . import datasets
 from ._config import get_num_threads, set_num_threads
 from .gradcheck import GradcheckReport, gradcheck
 from .io import CheckpointError, load
+from .lbfgs import LBFGS
 from .losses import KL, L2, BinaryKL, Divergence
 from .network import Sequential
 from .nodes import ELU, GELU, Identity, LeakyReLU, Linear, Node, ReLU, RReLU, Sigmoid, Softplus, Tanh
@@ -15,7 +16,7 @@ from .vector import Softmax, VectorActivation
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "CheckpointError", "CosineLR", "ExponentialLR", "History", "SGD", "Schedule",
+    "Adam", "CheckpointError", "LBFGS", "CosineLR", "ExponentialLR", "History", "SGD", "Schedule",
     "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
     "BinaryKL", "Divergence", "ELU", "GELU", "GradcheckReport", "Identity", "KL", "L2",
     "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
