@@ -502,9 +502,8 @@ class _Run:
                 np.subtract(self.d, self.x, out=self.d)
             accepted = self._line_search()
             if accepted is not True:
-                if accepted == "non-finite":
-                    return self._stopped(self._non_finite(
-                        "AT A TRIAL POINT; THE LAST FINITE POINT RETURNED"))
+                if accepted.startswith(NON_FINITE):
+                    return self._stopped(accepted)
                 if mem.count == 0:
                     return self._stopped(accepted)
                 mem.clear()  # as L-BFGS-B: forget the pairs, restart along -g
@@ -549,8 +548,9 @@ class _Run:
                 np.add(x, self.t, out=x)
             finite = self._evaluate()
             if not finite:
+                why = self._non_finite("AT A TRIAL POINT; THE LAST FINITE POINT RETURNED")
                 self._restore()
-                return "non-finite"
+                return why
             self.gd = blas.ddot(self.g, d)
             state, next_stp = self.search.next(stp, self.f, self.gd)
             if state != "fg":
