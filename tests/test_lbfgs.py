@@ -637,3 +637,68 @@ def test_fit_flat_bad_buffers():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="flat_params is read-only"):
         opt.fit_flat(rosen, ro)
+
+
+# -- the replacement for fastbp.sklearn's _fit_lbfgs (HANDOFF.md), run in the estimators -------
+def _fit_lbfgs_with_fastbp(self, X, target):
+    """HANDOFF.md's replacement body of fastbp.sklearn._BaseMLP._fit_lbfgs, verbatim."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from fastbp.lbfgs import LBFGS, NON_FINITE
+    net, loss = self.network_, self._loss()
+    n, scale = X.shape[0], self._scale()
+    mask = np.zeros(net.flat_params.size, bool)
+    o = 0
+    for p, name in zip(net.params, net.param_names):
+        if name.endswith(".W"):
+            mask[o:o + p.size] = True
+        o += p.size
+    X = np.ascontiguousarray(X, dtype=net.dtype)
+
+    def value_and_grad(p):
+        net.flat_params[...] = p
+        value = net.loss_and_grad(X, target, loss)
+        W = p[mask]
+        g = net.flat_grads.astype(np.float64)
+        g[mask] += self.alpha * W / n
+        return value + 0.5 * self.alpha * float(W @ W) / n, g
+
+    res = LBFGS(maxfun=self.max_fun, maxiter=self.max_iter, gtol=self.tol).fit_flat(
+        value_and_grad, net.flat_params)
+    if res.message.startswith(NON_FINITE):
+        raise ValueError("Solver produced non-finite parameter weights. The input data may "
+                         "contain large values and need to be preprocessed.")
+    self.n_iter_ = int(min(res.nit, self.max_iter))
+    if res.status != 0:
+        warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                      f"(status={res.status}): {res.message}", ConvergenceWarning)
+    self.loss_ = net.loss_and_grad(X, target, loss) * scale + self._penalty() / n
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_the_estimators_fit_with_fb_lbfgs_as_with_scipy(kind, monkeypatch):
+    """MLPClassifier / MLPRegressor(solver='lbfgs') with today's _fit_lbfgs (SciPy) and with
+    the replacement: the same n_iter_ and loss_ (float64, smooth activations and a penalty
+    strong enough that rounding differences do not grow into different end points in the
+    loss's flat valleys: with alpha=1 the regressor's runs end 1e-5 apart in loss_, with ReLU
+    also a few iterations apart; see test_fit_flat_trains_a_network_as_scipy_does)."""
+    import fastbp.sklearn as fs
+    X, y = _iris()
+    if kind == "classifier":
+        make = lambda: fs.MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs",  # noqa: E731
+                                        alpha=1.0, max_iter=300, random_state=0)
+        target = y
+    else:
+        make = lambda: fs.MLPRegressor(hidden_layer_sizes=(8,), solver="lbfgs",  # noqa: E731
+                                       activation="tanh", alpha=10.0, max_iter=300,
+                                       random_state=0)
+        target = X[:, 0] * 0.5 + np.sin(X[:, 1])
+        X = X[:, 1:]
+    ref = make().fit(X, target)
+    monkeypatch.setattr(fs._BaseMLP, "_fit_lbfgs", _fit_lbfgs_with_fastbp)
+    new = make().fit(X, target)
+    assert new.n_iter_ == ref.n_iter_
+    assert new.loss_ == pytest.approx(ref.loss_, rel=1e-8)
+    np.testing.assert_allclose(new.predict(X), ref.predict(X), rtol=1e-6, atol=1e-8)
