@@ -393,8 +393,9 @@ class LBFGS:
 
         ``flat_params`` (float32 or float64, 1-D, writable: a network's ``flat_params``) is the
         starting point; on return it holds ``result.x`` (cast to its dtype), the last finite
-        point on a NaN stop. ``value_and_grad(p)`` returns the loss and its gradient at p,
-        typically by writing p into the network and calling ``net.loss_and_grad``.
+        point on a NaN stop, and its starting values if ``value_and_grad`` raised.
+        ``value_and_grad(p)`` returns the loss and its gradient at p, typically by writing p
+        into the network and calling ``net.loss_and_grad``.
 
         Examples
         --------
@@ -418,7 +419,12 @@ class LBFGS:
                             f"{getattr(flat_params, 'shape', '')}"
                             f" {getattr(flat_params, 'dtype', '')}")
         _checks.writable(flat_params, "flat_params")
-        res = self.minimize(value_and_grad, flat_params.copy(), callback)
+        x0 = flat_params.copy()
+        try:
+            res = self.minimize(value_and_grad, x0, callback)
+        except BaseException:
+            flat_params[...] = x0  # value_and_grad may have left a trial point there
+            raise
         flat_params[...] = res.x
         return res
 
@@ -531,8 +537,9 @@ class _Run:
         (then x, f and g are those at the line search's start)."""
         opt, x, d = self.opt, self.x, self.d
         dnorm = blas.dnrm2(d)
-        self.dtd = dnorm * dnorm
-        stp = min(1.0 / dnorm, self.search.stpmax) if self.nit == 0 else 1.0
+        # (d = 0 only if g vanishes next to x in rounding; g'd = 0 below then ends the run)
+        first = 1.0 / dnorm if dnorm > 0.0 else math.inf
+        stp = min(first, self.search.stpmax) if self.nit == 0 else 1.0
         np.copyto(self.t, x)
         np.copyto(self.r, self.g)
         self.fold = self.f

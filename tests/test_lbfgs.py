@@ -273,6 +273,16 @@ def test_the_first_step_is_one_over_the_gradient_norm_then_one():
     np.testing.assert_allclose(trials[1] - x0, -g0 / np.linalg.norm(g0), rtol=1e-12)
 
 
+def test_a_gradient_lost_in_rounding_is_an_abnormal_stop_as_in_scipy():
+    """x = 1e20 and g = 1: the first direction (x - g) - x is 0 in float64, g'd = 0, and the
+    line search is impossible (SciPy: "ABNORMAL: ", status 2)."""
+    fun = lambda x: (float(np.sum(x)), np.ones_like(x))  # noqa: E731
+    rs, _, rf, _, _ = both(fun, np.full(3, 1e20), gtol=0.0)
+    assert_same_run(rs, rf, exact_message=False)
+    assert (rf.status, rf.nit, rf.nfev) == (2, 0, 1) and rf.message == L.ABNORMAL_DESCENT
+    assert np.array_equal(rf.x, np.full(3, 1e20))
+
+
 def test_callback_stop_iteration_halts_as_in_scipy():
     fun, p = _logistic()
 
@@ -623,6 +633,23 @@ def test_fit_flat_keeps_the_last_finite_point_on_nan():
     res = fb.LBFGS().fit_flat(fragile, net.flat_params)
     assert res.status == 2 and res.message.startswith(L.NON_FINITE)
     assert np.isfinite(net.flat_params).all() and np.array_equal(net.flat_params, res.x)
+
+
+def test_fit_flat_restores_the_parameters_if_value_and_grad_raises():
+    X, y = _iris()
+    net = _net(np.float64)
+    p0 = net.flat_params.copy()
+    vg = _sklearn_objective(net, X, y, fb.KL(), 1.0)
+    calls = [0]
+
+    def failing(p):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise KeyboardInterrupt
+        return vg(p)
+    with pytest.raises(KeyboardInterrupt):
+        fb.LBFGS().fit_flat(failing, net.flat_params)
+    assert np.array_equal(net.flat_params, p0)
 
 
 def test_fit_flat_bad_buffers():
