@@ -4,6 +4,7 @@ from . import datasets
 from ._config import get_num_threads, set_num_threads
 from .gradcheck import GradcheckReport, gradcheck
 from .io import CheckpointError, load
+from .lbfgs import LBFGS
 from .losses import KL, L2, BinaryKL, Divergence, Poisson
 from .network import Sequential
 from .nodes import (ELU, GELU, Exp, Identity, LeakyReLU, Linear, Node, ReLU, RReLU, Sigmoid,
@@ -16,8 +17,8 @@ from .vector import Softmax, VectorActivation
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "CheckpointError", "CosineLR", "ExponentialLR", "History", "SGD", "Schedule",
-    "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
+    "Adam", "CheckpointError", "CosineLR", "ExponentialLR", "History", "LBFGS", "SGD",
+    "Schedule", "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
     "BinaryKL", "Divergence", "ELU", "Exp", "GELU", "GradcheckReport", "Identity", "KL", "L2",
     "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
     "Poisson", "Product", "ReLU", "RReLU", "Sequential", "Sigmoid", "Softmax", "Softplus",
