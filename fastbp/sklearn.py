@@ -42,7 +42,6 @@ from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.optimize
 import scipy.sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
@@ -58,6 +57,7 @@ from . import _checks, engine
 from . import io as _io
 from ._config import get_num_threads, set_num_threads
 from .errors import TrainingError
+from .lbfgs import LBFGS, NON_FINITE
 from .losses import KL, L2, BinaryKL, Poisson
 from .network import Sequential
 from .nodes import Exp, Linear, ReLU, Sigmoid, _Scalar
@@ -564,13 +564,11 @@ class _BaseMLP(BaseEstimator):
             g[mask] += self.alpha * W / n
             return value + 0.5 * self.alpha * float(W @ W) / n, g
 
-        res = scipy.optimize.minimize(
-            value_and_grad, net.flat_params.astype(np.float64), method="L-BFGS-B", jac=True,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
-        if not np.isfinite(res.x).all():
+        res = LBFGS(maxfun=self.max_fun, maxiter=self.max_iter, gtol=self.tol).fit_flat(
+            value_and_grad, net.flat_params)
+        if res.message.startswith(NON_FINITE):
             raise ValueError("Solver produced non-finite parameter weights. The input data may "
                              "contain large values and need to be preprocessed.")
-        net.flat_params[...] = res.x
         self.n_iter_ = int(min(res.nit, self.max_iter))
         if res.status != 0:
             warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
@@ -640,8 +638,9 @@ _COMMON_DOC = """
         activation name (scikit-learn's 'identity', 'logistic', 'tanh', 'relu', and
         'leaky_relu', 'elu', 'gelu', 'softplus', 'rrelu', 'sigmoid'); 'softmax' is refused
         as scikit-learn refuses it (``InvalidParameterError``, a ``ValueError``).
-        ``solver='lbfgs'`` minimises the full-batch loss with scipy's L-BFGS-B (``max_iter``,
-        ``max_fun``, ``tol`` as in scikit-learn).
+        ``solver='lbfgs'`` minimises the full-batch loss with :class:`fastbp.LBFGS`, which
+        takes the steps of scipy's L-BFGS-B (``max_iter``, ``max_fun``, ``tol`` as in
+        scikit-learn).
     dtype : float32, float64 or None, default None
         fastbp extra: the dtype of the network's parameters and computations. None: as
         scikit-learn, the input's (float32 input gives float32 ``coefs_``, ``intercepts_``

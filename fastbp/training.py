@@ -17,6 +17,7 @@ from . import io
 from .errors import TrainingError
 from .kernels import divergences as KDiv
 from .kernels import engine as KE
+from .lbfgs import LBFGS, NON_FINITE
 from .losses import KL, BinaryKL, Divergence, correct, correct_rows
 from .network import not_finite
 from .optim import Optimizer
@@ -134,7 +135,10 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     X : array (T, D_0)
     d : targets for ``loss`` (class indices or rows)
     loss : Divergence
-    optimizer : SGD or Adam
+    optimizer : SGD, Adam, RMSprop or LBFGS
+        ``fb.LBFGS`` trains on the full batch (``batch_size`` None), each of its iterations an
+        epoch of the history (with no learning rate: ``history.lr`` holds NaN, and no running
+        ``accuracy``), without checkpoints or ``comm``.
     batch_size : int or None
         None: full batch, the seed's algorithm (the gradient averaged over all T instances, then
         one update per epoch). Otherwise minibatches; the last short batch is kept.
@@ -201,6 +205,17 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     >>> bool(h.accuracy[-1] > 0.95)
     True
     """
+    if isinstance(optimizer, LBFGS):
+        refused = [name for name, v in (("batch_size", batch_size), ("checkpoint", checkpoint),
+                                        ("resume", resume), ("comm", comm)) if v is not None]
+        if refused:
+            raise ValueError(f"fb.LBFGS trains on the full batch, without checkpoints or MPI: "
+                             f"{', '.join(refused)} must be None")
+        X, target, weights, _, epochs, Xv, tv, wv = _prepare(
+            net, X, d, loss, optimizer, None, epochs, validation, patience, tol, sample_weight)
+        return _fit_lbfgs(net, X, target, weights, loss, optimizer, epochs, tol,
+                          None if validation is None else (Xv, tv, wv), callbacks, patience,
+                          min_delta, restore_best)
     plan = None if comm is None else distributed.Plan(comm, deterministic, block_rows)
 
     def prepare():
@@ -279,7 +294,8 @@ def _prepare(net, X, d, loss, optimizer, batch_size, epochs, validation, patienc
     """``fit``'s checks and conversions, before anything changes: (X, target, weights, batch
     size, epochs, validation X, target and weights or None)."""
     _checks.instance_of(loss, Divergence, "loss")
-    _checks.instance_of(optimizer, Optimizer, "optimizer")
+    if not isinstance(optimizer, LBFGS):
+        _checks.instance_of(optimizer, Optimizer, "optimizer")
     _checks.writable(net.flat_params, "net.flat_params")
     X = net._input(X)
     target = loss.target(d, X.shape[0], net.n_out, net.dtype)
@@ -302,6 +318,52 @@ def _prepare(net, X, d, loss, optimizer, batch_size, epochs, validation, patienc
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0 or None, got {tol}")
     return X, target, weights, batch_size, epochs, Xv, tv, wv
+
+
+def _fit_lbfgs(net, X, target, weights, loss, opt, epochs, tol, validation, callbacks, patience,
+               min_delta, restore_best):
+    """``fit`` with ``fb.LBFGS``: each iteration is an epoch of the history (its loss, the
+    validation loss, the stopping rules and callbacks after it), at most ``epochs`` of them."""
+    history, best = History(), (math.inf, None)
+    net.train()
+    run = copy.copy(opt)
+    run.maxiter = min(opt.maxiter, epochs)
+    t0 = time.perf_counter()
+
+    def value_and_grad(p):
+        net.flat_params[...] = p
+        return net._loss_and_grad(X, target, loss, need_dx=False, weights=weights)[0], \
+            net.flat_grads
+
+    def after(it):
+        nonlocal best, t0
+        net.flat_params[...] = it.x
+        history.loss.append(float(it.fun))
+        history.lr.append(math.nan)  # a line search, no learning rate
+        if validation:
+            Xv, tv, wv = validation
+            history.val_loss.append(net._loss_value(Xv, tv, loss, weights=wv)[0])
+            vacc = accuracy_of(net, Xv, tv, loss, wv)
+            if vacc is not None:
+                history.val_accuracy.append(vacc)
+            if history.val_loss[-1] < best[0] - min_delta:
+                best = (history.val_loss[-1], net.flat_params.copy())
+                history.best_epoch = it.nit - 1
+        history.epoch_time.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        if _should_stop(history, tol, patience, callbacks, it.nit - 1, net):
+            raise StopIteration
+
+    res = run.fit_flat(value_and_grad, net.flat_params, callback=after)
+    if res.message.startswith(NON_FINITE):
+        history.stop_reason = "non-finite"
+        raise TrainingError(f"epoch {res.nit}: {not_finite(net, loss)} ({res.message})")
+    if history.stop_reason is None:
+        history.stop_reason = "converged" if res.status == 0 else \
+            "epochs" if res.status == 1 else res.message
+    if patience is not None and restore_best and best[1] is not None:
+        net.flat_params[...] = best[1]
+    return history
 
 
 def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol, shuffle,

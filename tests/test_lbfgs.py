@@ -666,14 +666,9 @@ def test_fit_flat_bad_buffers():
         opt.fit_flat(rosen, ro)
 
 
-# -- the replacement for fastbp.sklearn's _fit_lbfgs (HANDOFF.md), run in the estimators -------
-def _fit_lbfgs_with_fastbp(self, X, target):
-    """HANDOFF.md's replacement body of fastbp.sklearn._BaseMLP._fit_lbfgs, verbatim."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    from fastbp.lbfgs import LBFGS, NON_FINITE
+# -- the estimators' solver='lbfgs' (fb.LBFGS) against their former SciPy path --------------------
+def _fit_lbfgs_with_scipy(self, X, target, weights=None):
+    """fastbp.sklearn._BaseMLP._fit_lbfgs as it was, on scipy.optimize's L-BFGS-B."""
     net, loss = self.network_, self._loss()
     n, scale = X.shape[0], self._scale()
     mask = np.zeros(net.flat_params.size, bool)
@@ -692,25 +687,21 @@ def _fit_lbfgs_with_fastbp(self, X, target):
         g[mask] += self.alpha * W / n
         return value + 0.5 * self.alpha * float(W @ W) / n, g
 
-    res = LBFGS(maxfun=self.max_fun, maxiter=self.max_iter, gtol=self.tol).fit_flat(
-        value_and_grad, net.flat_params)
-    if res.message.startswith(NON_FINITE):
-        raise ValueError("Solver produced non-finite parameter weights. The input data may "
-                         "contain large values and need to be preprocessed.")
+    res = so.minimize(
+        value_and_grad, net.flat_params.astype(np.float64), method="L-BFGS-B", jac=True,
+        options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+    net.flat_params[...] = res.x
     self.n_iter_ = int(min(res.nit, self.max_iter))
-    if res.status != 0:
-        warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
-                      f"(status={res.status}): {res.message}", ConvergenceWarning)
     self.loss_ = net.loss_and_grad(X, target, loss) * scale + self._penalty() / n
 
 
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
 def test_the_estimators_fit_with_fb_lbfgs_as_with_scipy(kind, monkeypatch):
-    """MLPClassifier / MLPRegressor(solver='lbfgs') with today's _fit_lbfgs (SciPy) and with
-    the replacement: the same n_iter_ and loss_ (float64, smooth activations and a penalty
-    strong enough that rounding differences do not grow into different end points in the
-    loss's flat valleys: with alpha=1 the regressor's runs end 1e-5 apart in loss_, with ReLU
-    also a few iterations apart; see test_fit_flat_trains_a_network_as_scipy_does)."""
+    """MLPClassifier / MLPRegressor(solver='lbfgs') on fb.LBFGS and on SciPy's L-BFGS-B: the
+    same n_iter_ and loss_ (float64, smooth activations and a penalty strong enough that
+    rounding differences do not grow into different end points in the loss's flat valleys:
+    with alpha=1 the regressor's runs end 1e-5 apart in loss_, with ReLU also a few iterations
+    apart; see test_fit_flat_trains_a_network_as_scipy_does)."""
     import fastbp.sklearn as fs
     X, y = _iris()
     if kind == "classifier":
@@ -723,9 +714,68 @@ def test_the_estimators_fit_with_fb_lbfgs_as_with_scipy(kind, monkeypatch):
                                        random_state=0)
         target = X[:, 0] * 0.5 + np.sin(X[:, 1])
         X = X[:, 1:]
-    ref = make().fit(X, target)
-    monkeypatch.setattr(fs._BaseMLP, "_fit_lbfgs", _fit_lbfgs_with_fastbp)
     new = make().fit(X, target)
+    monkeypatch.setattr(fs._BaseMLP, "_fit_lbfgs", _fit_lbfgs_with_scipy)
+    ref = make().fit(X, target)
     assert new.n_iter_ == ref.n_iter_
     assert new.loss_ == pytest.approx(ref.loss_, rel=1e-8)
     np.testing.assert_allclose(new.predict(X), ref.predict(X), rtol=1e-6, atol=1e-8)
+
+
+# -- fb.fit with fb.LBFGS ------------------------------------------------------------------------
+def _xor_net(seed=0):
+    return fb.Sequential(fb.Linear(2, 8), fb.Tanh(), fb.Linear(8, 1), fb.Sigmoid(), seed=seed)
+
+
+def test_fit_with_lbfgs_runs_the_same_iterations_as_fit_flat():
+    X, d = fb.datasets.xor(120, seed=1)
+    w = np.random.default_rng(0).uniform(0, 2, size=120)
+    a, b = _xor_net(), _xor_net()
+    h = fb.fit(a, X, d, fb.BinaryKL(), fb.LBFGS(), epochs=25, tol=None, sample_weight=w,
+               progress=False)
+
+    def value_and_grad(p):
+        b.flat_params[...] = p
+        return b.loss_and_grad(X, d, fb.BinaryKL(), sample_weight=w), b.flat_grads
+
+    losses = []
+    res = fb.LBFGS(maxiter=25).fit_flat(value_and_grad, b.flat_params,
+                                        callback=lambda it: losses.append(it.fun))
+    assert np.array_equal(a.flat_params, b.flat_params)
+    assert h.loss == losses and h.epochs == res.nit
+    assert h.stop_reason == ("converged" if res.status == 0 else "epochs")
+    assert all(np.isnan(h.lr))
+
+
+def test_fit_with_lbfgs_validation_early_stopping_and_callbacks():
+    X, d = fb.datasets.xor(200, seed=2)
+    net = _xor_net()
+    seen = []
+    h = fb.fit(net, X[:150], d[:150], fb.BinaryKL(), fb.LBFGS(), epochs=200, tol=None,
+               validation=(X[150:], d[150:]), patience=3, callbacks=[
+                   lambda e, hist, n: seen.append(e) or False], progress=False)
+    assert len(h.val_loss) == len(h.loss) == len(seen) and seen == list(range(len(seen)))
+    assert h.stop_reason in ("early stopping", "converged")
+    if h.stop_reason == "early stopping":
+        assert net.loss_and_grad(X[150:], d[150:], fb.BinaryKL()) == \
+            pytest.approx(min(h.val_loss), rel=1e-12)
+    h = fb.fit(_xor_net(), X, d, fb.BinaryKL(), fb.LBFGS(), epochs=50, tol=None,
+               callbacks=[lambda e, hist, n: e == 4], progress=False)
+    assert h.epochs == 5 and h.stop_reason == "callback"
+
+
+def test_fit_with_lbfgs_refuses_minibatches_and_checkpoints(tmp_path):
+    X, d = fb.datasets.xor(50, seed=0)
+    for kw in (dict(batch_size=10), dict(checkpoint=tmp_path / "c.npz")):
+        with pytest.raises(ValueError, match="full batch.*must be None"):
+            fb.fit(_xor_net(), X, d, fb.BinaryKL(), fb.LBFGS(), progress=False, **kw)
+
+
+def test_fit_with_lbfgs_stops_on_overflow_with_finite_parameters():
+    X, d = fb.datasets.xor(50, seed=0)
+    net = fb.Sequential(fb.Linear(2, 4), fb.Linear(4, 1), fb.Exp(), seed=0)
+    with pytest.raises(fb.TrainingError, match="not finite"):
+        with np.errstate(all="ignore"):
+            fb.fit(net, X * 1e3, d * 1e300, fb.Poisson(), fb.LBFGS(), epochs=50, tol=None,
+                   progress=False)
+    assert np.isfinite(net.flat_params).all()
