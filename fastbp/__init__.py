@@ -9,7 +9,7 @@ from .losses import KL, L2, BinaryKL, Divergence, Poisson
 from .network import Sequential
 from .nodes import (ELU, GELU, Exp, Identity, LeakyReLU, Linear, Node, ReLU, RReLU, Sigmoid,
                     Softplus, Tanh)
-from .optim import SGD, Adam, CosineLR, ExponentialLR, Schedule, StepLR
+from .optim import SGD, Adam, CosineLR, ExponentialLR, RMSprop, Schedule, StepLR
 from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
 from .training import History, TrainingError, accuracy_of, fit
 from .vector import Softmax, VectorActivation
@@ -21,6 +21,6 @@ __all__ = [
     "Schedule", "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
     "BinaryKL", "Divergence", "ELU", "Exp", "GELU", "GradcheckReport", "Identity", "KL", "L2",
     "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
-    "Poisson", "Product", "ReLU", "RReLU", "Sequential", "Sigmoid", "Softmax", "Softplus",
+    "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid", "Softmax", "Softplus",
     "Tanh", "VectorActivation", "get_num_threads", "gradcheck", "set_num_threads",
 ]

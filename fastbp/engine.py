@@ -252,9 +252,9 @@ class Tape:
     def step_program(self, ws, rows, loss, last, update, labels, count, weighted=False):
         """A training step's calls on ``rows`` rows and how many come before the update: load
         the batch, forward, the loss (weighted by sample weights if ``weighted``), backward
-        from op ``last`` down, the finite check; then the count of rows right (if ``count``)
-        and the update. ``loss`` is (leaf kernel, fused), ``update`` (op function, leaf
-        kernel)."""
+        from op ``last`` down, the finite check; then the count of rows right (if ``count``),
+        the clipping of the gradient (if ``update`` says so) and the update. ``loss`` is (leaf
+        kernel, fused), ``update`` (op function, leaf kernel, clip)."""
         key = ("step", rows, loss, last, update, labels, count, weighted)
         if key in ws.programs:
             return ws.programs[key]
@@ -274,6 +274,9 @@ class Tape:
         n_pre = len(calls)
         if count:
             calls.append((op_kernel(KE.correct, dt, BY_LABEL=labels), loss_op))
+        if update[2]:
+            calls.append((op_kernel(KE.clip, dt, KERNEL=KO.clip_by_norm if par
+                                    else KO.clip_by_norm_serial), 0))
         calls.append((op_kernel(update[0], dt, KERNEL=update[1] if par
                                 else serial_twin_of(update[1])), 0))
         ws.programs[key] = self._calls(ws, calls), n_pre
@@ -331,7 +334,7 @@ def chooses(net, loss, target, opt, wanted="auto"):
     return True
 
 
-def _bind_batch(net, X, target, orders, batch, tape, hyper, s1, s2, weights=None):
+def _bind_batch(net, X, target, orders, batch, tape, hyper, states, weights=None):
     """The workspace for batches of ``batch`` rows with ctx pointing at this call's arrays
     (which the caller keeps alive, and forgets with ``_forget``), and the arrays as passed."""
     dt = net.dtype
@@ -349,7 +352,9 @@ def _bind_batch(net, X, target, orders, batch, tape, hyper, s1, s2, weights=None
         width
     c[KE.LABELS if labels else KE.D] = target.ctypes.data
     c[KE.BD] = ws.bd[width].ctypes.data
-    c[KE.HYPER], c[KE.STATE1], c[KE.STATE2] = hyper.ctypes.data, s1.ctypes.data, s2.ctypes.data
+    c[KE.HYPER] = hyper.ctypes.data
+    c[KE.STATE1], c[KE.STATE2], c[KE.STATE3] = [states[min(k, len(states) - 1)].ctypes.data
+                                                for k in range(3)]
     if weights is not None:
         weights = np.ascontiguousarray(weights, np.float64)
         c[KE.SW] = weights.ctypes.data
@@ -364,9 +369,10 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, 
     """Several epochs in one compiled call (see ``kernels.engine.train_epochs``); returns the
     per-epoch rows (loss sum by weight, steps, first bad step or -1, rows right, loss sum by
     rows) of the epochs run. ``weights``: the rows' sample weights (None: unweighted)."""
-    tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
+    tape, (kind, fused), (code, hyper, states) = check_supported(net, loss, target, opt)
     ws, (X, target, orders, weights), labels = _bind_batch(net, X, target, orders, batch, tape,
-                                                           hyper, s1, s2, weights)
+                                                           hyper, states, weights)
+    code = (*code, bool(hyper[KE.CLIP] > 0))
     last = len(tape.ops) - (2 if fused else 1)
     T, weighted = orders.shape[1], weights is not None
     full, n_pre = tape.step_program(ws, batch, (kind, fused), last, code, labels, count, weighted)
@@ -387,9 +393,10 @@ def gradient(net, X, target, loss, opt, order, count=False, weights=None):
     compiled code, with no update: a training step's program without its last call. Returns
     (loss, rows classified right if ``count``, the rows' weight: their number or the sum of
     their sample weights)."""
-    tape, (kind, fused), (code, hyper, s1, s2) = check_supported(net, loss, target, opt)
+    tape, (kind, fused), (code, hyper, states) = check_supported(net, loss, target, opt)
     rows = len(order)
-    ws, _, labels = _bind_batch(net, X, target, order, rows, tape, hyper, s1, s2, weights)
+    ws, _, labels = _bind_batch(net, X, target, order, rows, tape, hyper, states, weights)
+    code = (*code, False)  # no clipping: the caller clips the sum of the ranks' gradients
     last = len(tape.ops) - (2 if fused else 1)
     prog, _ = tape.step_program(ws, rows, (kind, fused), last, code, labels, count,
                                 weights is not None)

@@ -1,6 +1,8 @@
 """Plain NumPy references for training: the seed's full-batch algorithm written instance by
 instance, and the optimizers' update rules written out."""
 
+import math
+
 import numpy as np
 
 
@@ -55,3 +57,28 @@ def adam(p, g, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
     state.update(t=t, m=m, v=v)
     p = p - lr * weight_decay * p
     return p - lr * (m / (1 - beta1 ** t)) / (np.sqrt(v / (1 - beta2 ** t)) + eps)
+
+
+def rmsprop(p, g, state, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+            centered=False):
+    """PyTorch's RMSprop, written out."""
+    g = g + weight_decay * p
+    v = alpha * state.get("v", np.zeros_like(p)) + (1 - alpha) * g * g
+    state["v"] = v
+    avg = v
+    if centered:
+        a = alpha * state.get("a", np.zeros_like(p)) + (1 - alpha) * g
+        state["a"] = a
+        avg = v - a * a
+    step = g / (np.sqrt(avg) + eps)
+    if momentum:
+        b = momentum * state.get("b", np.zeros_like(p)) + step
+        state["b"] = b
+        step = b
+    return p - lr * step
+
+
+def clip_by_norm(g, max_norm):
+    """PyTorch's clip_grad_norm_ on one flat gradient: g * min(1, max_norm / (||g|| + 1e-6))."""
+    norm = math.sqrt(math.fsum(float(x) * float(x) for x in g))
+    return g * min(1.0, max_norm / (norm + 1e-6)), norm

@@ -35,8 +35,10 @@ LOSSES = {
 @pytest.mark.parametrize("name", ["mlp", "gated", "mixed"])
 @pytest.mark.parametrize("loss_name", list(LOSSES))
 @pytest.mark.parametrize("make_opt", [lambda: fb.SGD(lr=0.05, momentum=0.9, nesterov=True),
-                                      lambda: fb.Adam(lr=0.01, weight_decay=0.01)],
-                         ids=["sgd", "adam"])
+                                      lambda: fb.Adam(lr=0.01, weight_decay=0.01),
+                                      lambda: fb.RMSprop(lr=0.01, momentum=0.5, centered=True,
+                                                         clip_norm=0.3)],
+                         ids=["sgd", "adam", "rmsprop-clipped"])
 def test_fit_engine_equals_per_node(dtype, name, loss_name, make_opt):
     rng = np.random.default_rng(0)
     X = rng.uniform(0.1, 1.0, size=(37, 8))  # positive: PowerProduct's inputs after layers
@@ -126,7 +128,8 @@ def test_unsupported_nodes_fall_back_to_the_per_node_path():
 @pytest.mark.parametrize("shuffle, batch", [(False, None), (True, 32), (False, 64)])
 @pytest.mark.parametrize("make_opt", [
     lambda: fb.SGD(lr=0.5, momentum=0.9, schedule=fb.StepLR(3, 0.5)),
-    lambda: fb.Adam(lr=0.01, schedule=fb.CosineLR(20))], ids=["sgd-step", "adam-cosine"])
+    lambda: fb.Adam(lr=0.01, schedule=fb.CosineLR(20)),
+    lambda: fb.SGD(lr=0.5, clip_norm=0.1)], ids=["sgd-step", "adam-cosine", "sgd-clipped"])
 def test_fit_in_compiled_chunks_equals_the_epoch_loop(shuffle, batch, make_opt):
     """Without validation, callbacks or checkpoints, fit runs chunks of epochs in one compiled
     call; a no-op callback forces the epoch-by-epoch loop. Same numbers, same stop."""

@@ -57,7 +57,9 @@ def _interrupt_at(epoch_to_stop):
 
 @pytest.mark.parametrize("engine", [True, False])
 @pytest.mark.parametrize("make_opt", [lambda: fb.SGD(lr=0.05, momentum=0.9),
-                                      lambda: fb.Adam(lr=0.01)])
+                                      lambda: fb.Adam(lr=0.01),
+                                      lambda: fb.RMSprop(lr=0.01, momentum=0.9, centered=True,
+                                                         clip_norm=1.0)])
 def test_resume_is_bit_identical(tmp_path, make_opt, engine):
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(50, 6)), rng.integers(0, 3, size=50)

@@ -860,12 +860,18 @@ def test_all_finite_finds_every_nan_and_inf(rng, dtype, kernel, n):
 def test_optimizer_serial_twins_are_bit_identical(rng, dtype):
     n = 1000
     for name, hyper in [("sgd_step", (0.1, 0.9, True, 0.01)), ("sgd_step", (0.1, 0.0, False, 0.0)),
-                        ("adam_step", (0.01, 0.9, 0.999, 1e-8, 0.01, 3))]:
-        p, g, s1, s2 = (_data(rng, n, dtype) for _ in range(4))
+                        ("adam_step", (0.01, 0.9, 0.999, 1e-8, 0.01, 3)),
+                        ("rmsprop_step", (0.01, 0.9, 1e-8, 0.01, 0.5, True))]:
+        p, g, s1, s2, s3 = (_data(rng, n, dtype) for _ in range(5))
         s2 = np.abs(s2)
-        args = (p, g, s1, s2) if name == "adam_step" else (p, g, s1)
+        args = {"adam_step": (p, g, s1, s2), "rmsprop_step": (p, g, s2, s1, 0.01 * s3)}.get(
+            name, (p, g, s1))
         copies = [a.copy() for a in args]
         getattr(KO, name)(*args, *hyper)
         getattr(KO, name + "_serial")(*copies, *hyper)
         for a, c in zip(args, copies):
             assert a.tobytes() == c.tobytes(), name
+    g = _data(rng, 3 * KO.FINITE_BLOCK + 5, dtype)
+    g2, partial = g.copy(), np.empty(4)
+    assert KO.clip_by_norm(g, 0.5, partial) == KO.clip_by_norm_serial(g2, 0.5, partial.copy())
+    assert g.tobytes() == g2.tobytes()

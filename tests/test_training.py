@@ -1,10 +1,12 @@
 """fit, train_step and the optimizers against the seed's algorithm and written-out references."""
 
+import types
+
 import numpy as np
 import pytest
 
 import fastbp as fb
-from reference_training import adam, seed_gradient_descent, sgd
+from reference_training import adam, clip_by_norm, rmsprop, seed_gradient_descent, sgd
 
 EXACT = 1e-12
 
@@ -55,6 +57,16 @@ def test_full_batch_gd_is_it_a_2_sigmoid_binary_kl():
     (lambda: fb.Adam(lr=0.01), adam, dict(lr=0.01)),
     (lambda: fb.Adam(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1), adam,
      dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1)),
+    (lambda: fb.RMSprop(lr=0.01), rmsprop, dict(lr=0.01)),
+    (lambda: fb.RMSprop(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.01, momentum=0.8), rmsprop,
+     dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.01, momentum=0.8)),
+    (lambda: fb.RMSprop(lr=0.005, momentum=0.5, centered=True), rmsprop,
+     dict(lr=0.005, momentum=0.5, centered=True)),
+    (lambda: fb.SGD(lr=0.05, momentum=0.9, clip_norm=0.05), sgd, dict(lr=0.05, momentum=0.9,
+                                                                      clip=0.05)),
+    (lambda: fb.Adam(lr=0.01, clip_norm=0.1), adam, dict(lr=0.01, clip=0.1)),
+    (lambda: fb.RMSprop(lr=0.01, centered=True, clip_norm=0.2), rmsprop,
+     dict(lr=0.01, centered=True, clip=0.2)),
 ])
 def test_minibatch_optimizers_equal_reference_step_by_step(make_opt, ref, kw):
     rng = np.random.default_rng(3)
@@ -63,14 +75,59 @@ def test_minibatch_optimizers_equal_reference_step_by_step(make_opt, ref, kw):
     net = fb.Sequential(fb.Linear(5, 6), fb.ReLU(), fb.Linear(6, 4), fb.Softmax(), seed=0)
     shadow = fb.Sequential(fb.Linear(5, 6), fb.ReLU(), fb.Linear(6, 4), fb.Softmax(), seed=0)
     opt, state, p = make_opt(), {}, net.flat_params.copy()
+    kw = dict(kw)
+    clip = kw.pop("clip", None)
     order = np.random.default_rng(7).permutation(23)
     for lo in range(0, 23, 8):  # the last batch is short (7 rows)
         idx = order[lo:lo + 8]
         shadow.flat_params[...] = p
         shadow.loss_and_grad(X[idx], y[idx], fb.KL())
-        p = ref(p, shadow.flat_grads.copy(), state, **kw)
+        g = shadow.flat_grads.copy()
+        if clip is not None:  # clipped by the global norm before the step, as PyTorch
+            g, _ = clip_by_norm(g, clip)
+        p = ref(p, g, state, **kw)
         net.train_step(X[idx], y[idx], fb.KL(), opt)
         np.testing.assert_allclose(net.flat_params, p, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [10, 70_000])  # the serial and the parallel kernel
+def test_clipping_by_global_norm_against_the_reference(dtype, size):
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=size).astype(dtype)
+    net = types.SimpleNamespace(flat_params=np.zeros(size, dtype), flat_grads=g.copy())
+    for max_norm in (1e9, 0.5):  # no clipping, clipping
+        opt = fb.SGD(lr=1e-300, clip_norm=max_norm)  # the step moves nothing visible
+        net.flat_grads[...] = g
+        opt.step(net)
+        want, norm = clip_by_norm(g.astype(np.float64), max_norm)
+        assert opt.last_grad_norm == pytest.approx(norm, rel=1e-13)
+        if max_norm > norm:
+            assert np.array_equal(net.flat_grads, g)
+        else:
+            # float64: the norm summed by blocks against fsum
+            rtol = 1e-13 if dtype == np.float64 else 4 * np.finfo(dtype).eps
+            np.testing.assert_allclose(net.flat_grads, want, rtol=rtol)
+            assert np.linalg.norm(net.flat_grads.astype(np.float64)) == \
+                pytest.approx(max_norm, rel=1e-5)
+
+
+def test_clipped_optimizers_are_thread_count_independent():
+    rng = np.random.default_rng(6)
+    X, y = rng.normal(size=(400, 50)), rng.integers(0, 10, size=400)
+    out, before = [], fb.get_num_threads()
+    try:
+        for n in (1, 2):
+            fb.set_num_threads(n)
+            net = fb.Sequential(fb.Linear(50, 300), fb.ReLU(), fb.Linear(300, 10), fb.Softmax(),
+                                seed=1)  # 18,310 parameters x 4 ... the parallel kernels
+            fb.fit(net, X, y, fb.KL(), fb.RMSprop(lr=0.01, centered=True, momentum=0.5,
+                                                   clip_norm=0.5),
+                   batch_size=200, epochs=2, progress=False)
+            out.append(net.flat_params.copy())
+    finally:
+        fb.set_num_threads(before)
+    assert np.array_equal(out[0], out[1])
 
 
 @pytest.mark.parametrize("engine", [True, False])

@@ -32,9 +32,11 @@ PAR_MIN_WORK = 1 << 16  # elements from which an elementwise op runs on the thre
 
 # ctx: addresses (of the workspace's buffers, the network's, and the batch's), then integers.
 (ACT, GRAD, IACT, PARAMS, GRADS, CONSTS, ICONSTS, SCRATCH, ZEROS, DBIAS, FP, X, LABELS, D,
- ORDER, BLABELS, BD, DIV, HYPER, STATE1, STATE2, FSCAL, OK, SW, BW,
- N_X, D_W, N_PARAMS, LO, STEP, RIGHT) = range(31)
-N_CTX = 31
+ ORDER, BLABELS, BD, DIV, HYPER, STATE1, STATE2, STATE3, FSCAL, OK, SW, BW,
+ N_X, D_W, N_PARAMS, LO, STEP, RIGHT) = range(32)
+N_CTX = 32
+# HYPER, float64: the optimizer's own hyper-parameters, then at CLIP the gradient's clip norm.
+N_HYPER, CLIP = 6, 5
 # FSCAL, float64: the epoch's learning rate, the batch's loss, whether its gradient is finite,
 # and the batch's weight (its rows, or the sum of their sample weights).
 LR, LOSS, FINITE, WSUM = range(4)
@@ -295,7 +297,7 @@ def sgd(ctx, op, rows):
     hyper-parameters in HYPER, the learning rate in FSCAL[LR]."""
     c = _ints(ctx, 0, N_CTX)
     n = c[N_PARAMS]
-    h = _vec(c[HYPER], 0, 4, np.float64)
+    h = _vec(c[HYPER], 0, N_HYPER, np.float64)
     KERNEL(_vec(c[PARAMS], 0, n, DT), _vec(c[GRADS], 0, n, DT), _vec(c[STATE1], 0, n, DT),
            _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR], h[0], h[1] != 0, h[2])
 
@@ -306,10 +308,31 @@ def adam(ctx, op, rows):
     number in ctx[STEP]."""
     c = _ints(ctx, 0, N_CTX)
     n = c[N_PARAMS]
-    h = _vec(c[HYPER], 0, 4, np.float64)
+    h = _vec(c[HYPER], 0, N_HYPER, np.float64)
     KERNEL(_vec(c[PARAMS], 0, n, DT), _vec(c[GRADS], 0, n, DT), _vec(c[STATE1], 0, n, DT),
            _vec(c[STATE2], 0, n, DT), _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR], h[0], h[1],
            h[2], h[3], c[STEP])
+
+
+@njit(**OP)
+def rmsprop(ctx, op, rows):
+    """RMSprop's step by KERNEL(p, g, v, b, a, lr, alpha, eps, weight decay, momentum,
+    centered), v, b, a the three state buffers."""
+    c = _ints(ctx, 0, N_CTX)
+    n = c[N_PARAMS]
+    h = _vec(c[HYPER], 0, N_HYPER, np.float64)
+    KERNEL(_vec(c[PARAMS], 0, n, DT), _vec(c[GRADS], 0, n, DT), _vec(c[STATE1], 0, n, DT),
+           _vec(c[STATE2], 0, n, DT), _vec(c[STATE3], 0, n, DT),
+           _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR], h[0], h[1], h[2], h[3], h[4] != 0)
+
+
+@njit(**OP)
+def clip(ctx, op, rows):
+    """Clip the gradient by its global norm to HYPER[CLIP]: KERNEL(g, max norm, partial sums)."""
+    c = _ints(ctx, 0, N_CTX)
+    n = c[N_PARAMS]
+    KERNEL(_vec(c[GRADS], 0, n, DT), _vec(c[HYPER], 0, N_HYPER, np.float64)[CLIP],
+           np.empty(-(-n // KO.FINITE_BLOCK), np.float64))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,51 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
         p[i] -= lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
 
 
+@njit(**PARALLEL)
+def rmsprop_step(p, g, v, b, a, lr, alpha, eps, weight_decay, momentum, centered):
+    """PyTorch's RMSprop: g' = g + wd p; v = alpha v + (1 - alpha) g'^2; with ``centered`` the
+    mean gradient a = alpha a + (1 - alpha) g' and v - a^2 in place of v; step = g' /
+    (sqrt(v) + eps); with momentum, b = momentum b + step and p -= lr b, else p -= lr step
+    (b and a are not touched without momentum or centering)."""
+    for i in prange(p.shape[0]):
+        gi = g[i] + weight_decay * p[i]
+        v[i] = alpha * v[i] + (1 - alpha) * gi * gi
+        avg = v[i]
+        if centered:
+            a[i] = alpha * a[i] + (1 - alpha) * gi
+            avg = avg - a[i] * a[i]
+        step = gi / (math.sqrt(avg) + eps)
+        if momentum != 0:
+            b[i] = momentum * b[i] + step
+            step = b[i]
+        p[i] -= lr * step
+
+
+@njit(**PARALLEL)
+def clip_by_norm(g, max_norm, partial):
+    """Clip the gradient by its global norm as PyTorch's ``clip_grad_norm_`` does:
+    g *= min(1, max_norm / (||g|| + 1e-6)); returns ||g|| before clipping. The squares are
+    summed in float64, block k of FINITE_BLOCK elements into ``partial[k]``, then the blocks
+    in order: the same norm for any number of threads."""
+    n = -(-g.shape[0] // FINITE_BLOCK)
+    for k in prange(n):
+        s = 0.0
+        for i in range(k * FINITE_BLOCK, min(g.shape[0], (k + 1) * FINITE_BLOCK)):
+            x = np.float64(g[i])
+            s += x * x
+        partial[k] = s
+    total = 0.0
+    for k in range(n):
+        total += partial[k]
+    norm = math.sqrt(total)
+    c = np.empty(1, g.dtype)  # the factor in g's dtype, as PyTorch multiplies
+    c[0] = max_norm / (norm + 1e-6)
+    if c[0] < 1:
+        for i in prange(g.shape[0]):
+            g[i] *= c[0]
+    return norm
+
+
 @njit(**SERIAL)
 def _bits_finite(bits, magnitude, inf):
     """No element of ``bits`` (floats seen as unsigned ints) is NaN or inf: the largest
@@ -79,4 +124,6 @@ def all_finite(a, ok):
 # The same kernels run serially, for ops too small to split (see _config.serial_twin).
 sgd_step_serial = serial_twin(sgd_step)
 adam_step_serial = serial_twin(adam_step)
+rmsprop_step_serial = serial_twin(rmsprop_step)
+clip_by_norm_serial = serial_twin(clip_by_norm)
 all_finite_serial = serial_twin(all_finite)
