@@ -350,7 +350,8 @@ def test_scalar_forward_propagates_nan(name):
 
 @pytest.mark.parametrize("name", sorted(SCALAR_KINDS))
 def test_scalar_leaves(name):
-    """f and f' of each kind point by point, one element at a time (and ``sigmoid``/``softplus``)."""
+    """f and f' of each kind point by point, one element at a time (and ``sigmoid``,
+    ``softplus``)."""
     kind, p = SCALAR_KINDS[name]
     f, df = R.SCALAR[name]
     for z in (-3.5, -0.25, 0.0, 0.75, 4.0):
