@@ -7,8 +7,8 @@ from .io import CheckpointError, load
 from .lbfgs import LBFGS
 from .losses import KL, L2, BinaryKL, Divergence, Poisson
 from .network import Sequential
-from .nodes import (ELU, GELU, Exp, Identity, LeakyReLU, Linear, Node, ReLU, RReLU, Sigmoid,
-                    Softplus, Tanh)
+from .nodes import (ELU, GELU, Dropout, Exp, Identity, LeakyReLU, Linear, Node, ReLU, RReLU,
+                    Sigmoid, Softplus, Tanh)
 from .optim import SGD, Adam, CosineLR, ExponentialLR, RMSprop, Schedule, StepLR
 from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
 from .training import History, TrainingError, accuracy_of, fit
@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam", "CheckpointError", "CosineLR", "ExponentialLR", "History", "LBFGS", "SGD",
     "Schedule", "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
-    "BinaryKL", "Divergence", "ELU", "Exp", "GELU", "GradcheckReport", "Identity", "KL", "L2",
-    "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
+    "BinaryKL", "Divergence", "Dropout", "ELU", "Exp", "GELU", "GradcheckReport", "Identity",
+    "KL", "L2", "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
     "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid", "Softmax",
     "Softplus", "Tanh", "VectorActivation", "get_num_threads", "gradcheck", "set_num_threads",
 ]

@@ -184,7 +184,8 @@ class Plan:
                 else:
                     tb = target[idx]
                     v, _ = net._loss_and_grad(np.ascontiguousarray(X[idx], net.dtype), tb,
-                                              loss, need_dx=False, weights=wb)
+                                              loss, need_dx=False, weights=wb,
+                                              train=net.step_mode(optimizer))
                     r = correct(net._last_output, tb) if count else 0
                 # the rows' share of the batch's mean
                 w = (idx.shape[0] if wb is None else KDiv.total(wb)) / weight

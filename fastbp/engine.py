@@ -400,7 +400,7 @@ def gradient(net, X, target, loss, opt, order, count=False, weights=None):
     last = len(tape.ops) - (2 if fused else 1)
     prog, _ = tape.step_program(ws, rows, (kind, fused), last, code, labels, count,
                                 weights is not None)
-    ws.ctx[KE.LO], ws.ctx[KE.RIGHT] = 0, 0
+    ws.ctx[KE.LO], ws.ctx[KE.RIGHT], ws.ctx[KE.STEP] = 0, 0, opt.t + 1
     KE.run(prog[:-1], rows)  # the update is the last call
     _forget(ws)
     return float(ws.fscal[KE.LOSS]), int(ws.ctx[KE.RIGHT]), float(ws.fscal[KE.WSUM])

@@ -362,6 +362,11 @@ class Sequential(Node):
         value, _ = self._loss_and_grad(X, target, loss, weights=weights)
         return value
 
+    def step_mode(self, optimizer):
+        """The ``train`` argument of the forward pass of the optimizer's next step: in training
+        mode the step's number t >= 1 (what ``Dropout`` keys its masks by), else False."""
+        return optimizer.t + 1 if self.training else False
+
     def _loss_and_grad(self, X, target, loss, need_dx=True, train=None, weights=None):
         train = self.training if train is None else train
         Y, ctxs = self._apply(X, train)
@@ -400,7 +405,8 @@ class Sequential(Node):
 
     def _node_step(self, X, target, loss, optimizer, weights=None):
         """``train_step`` node by node on a prepared batch; refuses a non-finite step."""
-        value, _ = self._loss_and_grad(X, target, loss, need_dx=False, weights=weights)
+        value, _ = self._loss_and_grad(X, target, loss, need_dx=False, weights=weights,
+                                       train=self.step_mode(optimizer))
         if not math.isfinite(value) or not np.isfinite(self.flat_grads).all():
             raise TrainingError(not_finite(self, loss))
         optimizer.step(self)

@@ -14,6 +14,7 @@ from . import _checks
 from .errors import Unsupported
 from .kernels import activations as KA
 from .kernels import dense as KD
+from .kernels import dropout as KDr
 from .kernels import engine as KE
 
 
@@ -382,6 +383,87 @@ class RReLU(_Kinked):
 
     def __repr__(self):
         return f"RReLU(lower={self.lower:g}, upper={self.upper:g})"
+
+
+class Dropout(Node):
+    """Inverted dropout: in training each unit is kept with probability 1 - p and scaled by
+    1 / (1 - p), else zeroed; in evaluation the identity.
+
+    The masks come from a counter-based generator keyed by (seed, step, row, unit): the
+    training step t (the optimizer's step count, 1, 2, ...; restored on resume), the row in
+    the batch and the unit. So a step's mask is the same for any number of threads, in the
+    engine and node by node, and after a resume from a checkpoint. ``seed`` None draws one
+    from the network's generator when the network is built (kept from then on, and saved
+    with it). A forward pass in training mode outside a training step (``net.forward``) draws
+    fresh masks from a count of its own.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbp as fb
+    >>> net = fb.Sequential(fb.Linear(4, 6), fb.ReLU(), fb.Dropout(0.5), fb.Linear(6, 2), seed=0)
+    >>> x = np.ones((3, 4))
+    >>> bool((net.eval().predict(x) == net.predict(x)).all())  # evaluation: no dropout
+    True
+    """
+
+    keeps_width = True
+
+    def __init__(self, p=0.5, seed=None):
+        self.p = float(p)
+        if not 0 <= self.p < 1:
+            raise ValueError(f"Dropout needs 0 <= p < 1, got {p}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed < 1 << 53):
+            raise ValueError(f"Dropout's seed must be an int in [0, 2**53) or None, got {seed!r}")
+        self.seed = None if seed is None else int(seed)  # < 2**53: exact in the file's JSON
+        self._draws = 0
+
+    def reset_parameters(self, rng):
+        if self.seed is None:
+            self.seed = int(rng.integers(1 << 53))
+
+    def _step(self, train):
+        """The step of a forward pass in training: the training step given, or past the range
+        of training steps, a count of this node's own draws."""
+        if train is not True:
+            return int(train)
+        self._draws += 1
+        return (1 << 62) + self._draws
+
+    def _apply(self, x, train):
+        if not train or self.p == 0:
+            return x, None
+        step = self._step(train)
+        y = np.empty_like(x)
+        KDr.dropout(x, y, self._key(), step, self.p)
+        return y, step
+
+    def _backprop(self, step, dy, need_dx=True):
+        if step is None:
+            return dy
+        dz = np.empty_like(dy)
+        KDr.dropout(dy, dz, self._key(), step, self.p)
+        return dz
+
+    def _key(self):
+        if self.seed is None:
+            raise RuntimeError("Dropout has no seed: put it in a fb.Sequential first")
+        return self.seed
+
+    def engine_op(self, tape):
+        return EngineOp((KE.dropout_forward, KDr.dropout), (KE.dropout_backward, KDr.dropout),
+                        ((KE.A1, self._key()),), p=self.p)
+
+    def engine_emit(self, tape, x, gx):
+        if not tape.train or self.p == 0:
+            return x  # the identity: nothing to place
+        return super().engine_emit(tape, x, gx)
+
+    def config(self):
+        return dict(p=self.p, seed=self.seed)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p:g})"
 
 
 def activation(name):

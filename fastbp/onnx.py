@@ -30,7 +30,7 @@ from numpy.polynomial import chebyshev
 from sklearn.utils.validation import check_is_fitted
 
 from .network import Sequential
-from .nodes import (ELU, GELU, Exp, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid, Softplus,
+from .nodes import (ELU, GELU, Dropout, Exp, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid, Softplus,
                     Tanh)
 from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
 from .sklearn import MLPClassifier, MLPRegressor
@@ -322,6 +322,7 @@ EMITTERS = {
     Softplus: _softplus,
     GELU: _gelu,
     Exp: _unary("Exp"),
+    Dropout: _unary("Identity"),  # evaluation: the identity
     Softmax: _softmax,
     Product: _product,
     PairProduct: _pair_product,

@@ -22,6 +22,7 @@ from conftest import DTYPES
 from fastbp.kernels import activations as KA
 from fastbp.kernels import dense as KD
 from fastbp.kernels import divergences as KDiv
+from fastbp.kernels import dropout as KDr
 from fastbp.kernels import optim as KO
 from fastbp.kernels import products as KP
 from fastbp.kernels import vector as KV
@@ -98,6 +99,7 @@ TESTED = {
     "products": {"elementwise_product_forward", "elementwise_product_backward",
                  "pair_product_forward", "pair_product_backward", "power_product_forward",
                  "power_product_backward", "max_forward", "max_backward"},
+    "dropout": {"_mix", "row_key", "uniform", "_threshold", "dropout"},  # tests/test_dropout.py
     "divergences": {"xlogx", "mean", "correct", "l2", "kl_probs", "kl_labels", "_logsumexp",
                     "softmax_kl_probs", "softmax_kl_labels", "binary_kl", "sigmoid_binary_kl",
                     "poisson", "exp_poisson", "total", "weight_scale", "weighted_mean"},
@@ -768,6 +770,7 @@ def _twin_args(name, rng, dtype):
                               (3, 4)),
         "poisson": (KDiv, (P, P[::-1].copy(), np.empty(T), e(T, D), 0.2), (2, 3)),
         "exp_poisson": (KDiv, (f(T, D), P, P[::-1].copy(), np.empty(T), e(T, D), 0.2), (3, 4)),
+        "dropout": (KDr, (f(T, D), e(T, D), 7, 3, 0.4), (1,)),
     }[name]
 
 
@@ -777,7 +780,7 @@ TWINS = ["dense_forward_blas", "dense_backward_params_blas", "dense_backward_inp
          "elementwise_product_backward", "pair_product_forward", "pair_product_backward",
          "power_product_forward", "power_product_backward", "max_forward", "max_backward", "l2",
          "kl_probs", "kl_labels", "binary_kl", "softmax_kl_probs", "softmax_kl_labels",
-         "sigmoid_binary_kl", "poisson", "exp_poisson"]
+         "sigmoid_binary_kl", "poisson", "exp_poisson", "dropout"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -162,7 +162,8 @@ def _every_node(dtype):
         fb.Linear(8, 8), fb.GELU(), fb.Identity(), fb.MaxPool1d(2),
         fb.Linear(4, 6), fb.Softplus(), fb.PowerProduct(np.full((6, 4), 0.5)),
         fb.Linear(4, 6), fb.PairProduct(), fb.MaxOver([[0, 1], [1, 2], [0, 2]]),
-        fb.Linear(3, 3), fb.Exp(), fb.Linear(3, 3), fb.Softmax(), dtype=dtype, seed=8)
+        fb.Linear(3, 3), fb.Exp(), fb.Dropout(0.5), fb.Linear(3, 3), fb.Softmax(), dtype=dtype,
+        seed=8)
 
 
 @pytest.mark.parametrize("opset", [13, 17, 18, 20, 21])

@@ -154,6 +154,24 @@ def elementwise_backward(ctx, op, rows):
 
 
 @njit(**OP)
+def dropout_forward(ctx, op, rows):
+    """y = dropout of z: KERNEL(z, y, seed, step, p), the seed at A1, the step ctx[STEP]."""
+    c, o = _fields(ctx, op)
+    n = o[N_OUT]
+    KERNEL(_mat(c[ACT], o[IN], rows, n, DT), _mat(c[ACT], o[OUT], rows, n, DT), o[A1], c[STEP],
+           _vec(c[FP], o[K], 1, np.float64)[0])
+
+
+@njit(**OP)
+def dropout_backward(ctx, op, rows):
+    """dz = dy through the forward pass's mask: KERNEL(dy, dz, seed, step, p)."""
+    c, o = _fields(ctx, op)
+    n = o[N_OUT]
+    KERNEL(_mat(c[GRAD], o[GOUT], rows, n, DT), _mat(c[GRAD], o[GIN], rows, n, DT), o[A1],
+           c[STEP], _vec(c[FP], o[K], 1, np.float64)[0])
+
+
+@njit(**OP)
 def rows_forward(ctx, op, rows):
     """y = f(z) row by row (softmax, pair products): KERNEL(z, y)."""
     c, o = _fields(ctx, op)
