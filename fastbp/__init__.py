@@ -20,7 +20,7 @@ __all__ = [
     "Adam", "CheckpointError", "CosineLR", "ExponentialLR", "History", "LBFGS", "SGD",
     "Schedule", "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
     "BinaryKL", "Divergence", "Dropout", "ELU", "Exp", "GELU", "GradcheckReport", "Identity",
-    "KL", "L2", "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
-    "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid", "Softmax",
+    "KL", "L2", "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct",
+    "PowerProduct",    "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid", "Softmax",
     "Softplus", "Tanh", "VectorActivation", "get_num_threads", "gradcheck", "set_num_threads",
 ]

@@ -30,8 +30,8 @@ from numpy.polynomial import chebyshev
 from sklearn.utils.validation import check_is_fitted
 
 from .network import Sequential
-from .nodes import (ELU, GELU, Dropout, Exp, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid, Softplus,
-                    Tanh)
+from .nodes import (ELU, GELU, Dropout, Exp, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid,
+                    Softplus, Tanh)
 from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
 from .sklearn import MLPClassifier, MLPRegressor
 from .vector import Softmax
