@@ -21,6 +21,6 @@ __all__ = [
     "Schedule", "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
     "BinaryKL", "Divergence", "Dropout", "ELU", "Exp", "GELU", "GradcheckReport", "Identity",
     "KL", "L2", "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct",
-    "PowerProduct",    "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid", "Softmax",
-    "Softplus", "Tanh", "VectorActivation", "get_num_threads", "gradcheck", "set_num_threads",
+    "PowerProduct", "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid",
+    "Softmax", "Softplus", "Tanh", "VectorActivation", "get_num_threads", "gradcheck", "set_num_threads",
 ]
