@@ -1,6 +1,6 @@
 """fastbp: neural networks trained by backpropagation on the CPU, with numba kernels."""
 
-from . import datasets
+from . import callbacks, datasets
 from ._config import get_num_threads, set_num_threads
 from .gradcheck import GradcheckReport, gradcheck
 from .io import CheckpointError, load
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adam", "CheckpointError", "CosineLR", "ExponentialLR", "History", "LBFGS", "SGD",
-    "Schedule", "StepLR", "TrainingError", "accuracy_of", "datasets", "fit", "load",
+    "Schedule", "StepLR", "TrainingError", "accuracy_of", "callbacks", "datasets", "fit", "load",
     "BinaryKL", "Divergence", "Dropout", "ELU", "Exp", "GELU", "GradcheckReport", "Identity",
     "KL", "L2", "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct",
     "PowerProduct", "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid",

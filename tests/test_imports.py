@@ -18,7 +18,7 @@ LAYERS = [
     ("engine", {"fastbp.engine"}),
     ("network", {"fastbp.io", "fastbp.network"}),
     ("composite nodes", {"fastbp.products"}),
-    ("training", {"fastbp.distributed", "fastbp.training"}),
+    ("training", {"fastbp.callbacks", "fastbp.distributed", "fastbp.training"}),
     ("adapters", {"fastbp.sklearn", "fastbp.interop", "fastbp.cli", "fastbp.__main__",
                   "fastbp", "fastbp.onnx"}),
 ]
