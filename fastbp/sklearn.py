@@ -36,6 +36,7 @@ Where the two differ, and why
   ValueError.
 """
 
+import copy
 import math
 import warnings
 from contextlib import contextmanager
@@ -49,6 +50,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
@@ -60,7 +62,7 @@ from .errors import TrainingError
 from .lbfgs import LBFGS, NON_FINITE
 from .losses import KL, L2, BinaryKL, Poisson
 from .network import Sequential
-from .nodes import Exp, Linear, ReLU, Sigmoid, _Scalar
+from .nodes import Dropout, Exp, Linear, Node, ReLU, Sigmoid, _Scalar
 from .nodes import activation as _activation_node
 from .optim import SGD, Adam
 from .training import History, epoch_loop
@@ -88,35 +90,48 @@ _SKLEARN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 # Hidden activations: scikit-learn's and fastbp's other elementwise ones ('sigmoid', 'linear' and
 # 'none' are accepted as aliases). Softmax maps a whole row: an output activation, which
 # scikit-learn refuses for hidden layers, and so do the estimators.
-_HIDDEN_ACTIVATIONS = _SKLEARN_ACTIVATIONS + ("leaky_relu", "rrelu", "softplus", "elu", "gelu")
+_HIDDEN_ACTIVATIONS = _SKLEARN_ACTIVATIONS + ("leaky_relu", "rrelu", "softplus", "elu", "gelu",
+                                               "exp")
 _OUTPUT_NODES = {"softmax": Softmax, "logistic": Sigmoid, "exp": Exp}
 
 
-def _hidden_node(name):
-    """The hidden activation node for an activation name; 'relu' gets scikit-learn's f'(0) = 0."""
-    if str(name).lower() == "relu":
+def _hidden_node(activation):
+    """The hidden activation node for an activation name (a new one per layer) or a copy of a
+    fastbp elementwise activation node; 'relu' gets scikit-learn's f'(0) = 0."""
+    if isinstance(activation, Node):
+        return copy.deepcopy(activation)
+    if str(activation).lower() == "relu":
         return ReLU(grad_at_zero=0.0)
-    return _activation_node(name)
+    return _activation_node(activation)
 
 
-def _build_network(layer_units, activation, out_activation, dtype, random_state):
-    """Linear layers with ``activation`` between them and the output node; parameters drawn as
-    scikit-learn draws them (Glorot uniform, bound sqrt(6 / (fan_in + fan_out)), sqrt(2 / ...)
-    for 'logistic', intercepts from the same range), from ``random_state`` in the same order."""
+def _build_network(layer_units, activation, out_activation, dtype, random_state, dropout=0.0):
+    """Linear layers with ``activation`` between them (and ``Dropout(dropout)`` after each, if
+    > 0) and the output node; parameters drawn as scikit-learn draws them (Glorot uniform,
+    bound sqrt(6 / (fan_in + fan_out)), sqrt(2 / ...) for 'logistic', intercepts from the same
+    range), from ``random_state`` in the same order, then the dropout seeds."""
     nodes, linears = [], []
     for k, (n_in, n_out) in enumerate(zip(layer_units[:-1], layer_units[1:])):
         linears.append(Linear(n_in, n_out, init="zeros"))
         nodes.append(linears[-1])
         if k < len(layer_units) - 2:
             nodes.append(_hidden_node(activation))
+            if dropout > 0:
+                nodes.append(Dropout(dropout))
     if out_activation in _OUTPUT_NODES:
         nodes.append(_OUTPUT_NODES[out_activation]())
     net = Sequential(*nodes, dtype=dtype, seed=0)
-    factor = 2.0 if str(activation).lower() in ("logistic", "sigmoid") else 6.0
+    logistic = isinstance(activation, Sigmoid) or str(activation).lower() in ("logistic",
+                                                                              "sigmoid")
+    factor = 2.0 if logistic else 6.0
     for lin in linears:
         bound = np.sqrt(factor / (lin.n_in + lin.n_out))
         lin.W[...] = random_state.uniform(-bound, bound, (lin.n_in, lin.n_out)).T
         lin.b[...] = random_state.uniform(-bound, bound, lin.n_out)
+    for node in net.nodes:
+        if isinstance(node, Dropout):
+            node.seed = int(random_state.randint(1 << 30)) << 23 | \
+                int(random_state.randint(1 << 23))
     return net
 
 
@@ -167,7 +182,7 @@ class _BaseMLP(BaseEstimator):
     if Interval is not None:
         _parameter_constraints: dict = {
             "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-            "activation": [str],
+            "activation": [str, Node],
             "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
             "alpha": [Interval(Real, 0, None, closed="left")],
             "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
@@ -192,6 +207,9 @@ class _BaseMLP(BaseEstimator):
             "max_fun": [Interval(Integral, 1, None, closed="left")],
             "dtype": "no_validation",
             "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+            "dropout": [Interval(Real, 0, 1, closed="left")],
+            "clip_norm": [Interval(Real, 0, None, closed="neither"), None],
+            "callbacks": ["array-like", None],
         }
 
     # -- fitted attributes that live in the network ------------------------------------------
@@ -301,9 +319,12 @@ class _BaseMLP(BaseEstimator):
         X = _dense(X)
         weights = None
         if sample_weight is not None:
-            weights = _checks.sample_weight(_check_sample_weight(sample_weight, X,
-                                                                 dtype=np.float64),
-                                            X.shape[0])
+            weights = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if getattr(self, "class_weight", None) is not None:
+            cw = compute_sample_weight(self.class_weight, y)
+            weights = cw if weights is None else weights * cw
+        if weights is not None:
+            weights = _checks.sample_weight(weights, X.shape[0])
         if dtype is None:  # as scikit-learn: float32 input stays float32 (but for L-BFGS-B,
             # which scipy runs in float64), any other float64
             dtype = self.network_.dtype if not first_pass else np.dtype(np.float64) \
@@ -335,7 +356,7 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(layer_units)
         self.out_activation_ = self._out_activation()
         self.network_ = _build_network(layer_units, self.activation, self.out_activation_, dtype,
-                                       self._random_state)
+                                       self._random_state, self.dropout)
         self.__dict__.pop("_optimizer", None)
         if self.solver != "lbfgs":
             self.loss_curve_ = []
@@ -371,9 +392,9 @@ class _BaseMLP(BaseEstimator):
         if self.solver == "sgd":
             return SGD(lr=self.learning_rate_init, momentum=self.momentum,
                        nesterov=bool(self.nesterovs_momentum) and self.momentum > 0,
-                       weight_decay=wd)
+                       weight_decay=wd, clip_norm=self.clip_norm)
         return Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
-                    eps=self.epsilon, weight_decay=wd)
+                    eps=self.epsilon, weight_decay=wd, clip_norm=self.clip_norm)
 
     def _fit_stochastic(self, X, y, target, incremental, weights=None):
         """scikit-learn's epochs (same shuffling, same batches, same stopping rules) through
@@ -453,6 +474,14 @@ class _BaseMLP(BaseEstimator):
                 self._update_no_improvement_count()
             if self.solver == "sgd" and self.learning_rate == "invscaling":
                 _set_rate(opt, float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t)
+            if validation is not None:  # for callbacks: the records fb.fit keeps
+                history.val_loss.append(self._validation_loss_curve[-1])
+                if is_classifier(self):
+                    history.val_accuracy.append(self.validation_scores_[-1])
+            if any(cb(epoch, history, net) for cb in self.callbacks or ()):
+                if self.verbose:
+                    print("A callback stopped training.")
+                return True
             return self._no_improvement_count > self.n_iter_no_change and \
                 self._trigger_stopping(opt, validation is not None)
 
@@ -636,8 +665,9 @@ _COMMON_DOC = """
     n_iter_no_change, max_fun
         As in scikit-learn, with one extension: ``activation`` is any elementwise fastbp
         activation name (scikit-learn's 'identity', 'logistic', 'tanh', 'relu', and
-        'leaky_relu', 'elu', 'gelu', 'softplus', 'rrelu', 'sigmoid'); 'softmax' is refused
-        as scikit-learn refuses it (``InvalidParameterError``, a ``ValueError``).
+        'leaky_relu', 'elu', 'gelu', 'softplus', 'rrelu', 'exp', 'sigmoid') or node (e.g.
+        ``fastbp.LeakyReLU(0.2)``, copied for each layer); 'softmax' is refused as
+        scikit-learn refuses it (``InvalidParameterError``, a ``ValueError``).
         ``solver='lbfgs'`` minimises the full-batch loss with :class:`fastbp.LBFGS`, which
         takes the steps of scipy's L-BFGS-B (``max_iter``, ``max_fun``, ``tol`` as in
         scikit-learn).
@@ -648,6 +678,22 @@ _COMMON_DOC = """
         input float64); a later ``partial_fit`` or warm start keeps the network's.
     n_threads : int or None, default None
         fastbp extra: threads for fit and predict (None: the current ``fastbp.get_num_threads``).
+    class_weight : dict, 'balanced' or None, default None
+        fastbp extra (classifier): weights of the classes, as in scikit-learn's
+        LogisticRegression: each row's weight is its class's (times its ``sample_weight``);
+        'balanced' gives n_samples / (n_classes * count of the class).
+    dropout : float in [0, 1), default 0
+        fastbp extra: ``fastbp.Dropout(dropout)`` after every hidden activation (masks keyed
+        by a seed drawn from ``random_state``, so a fit is reproducible); 0: none.
+    clip_norm : float or None, default None
+        fastbp extra: clip the gradient by its global norm before each SGD or Adam step
+        (PyTorch's ``clip_grad_norm_``).
+    callbacks : list of callables or None, default None
+        fastbp extra: ``cb(epoch, history, network_)`` after every SGD or Adam epoch, as in
+        ``fastbp.fit`` (``history.loss``, and with ``early_stopping`` ``history.val_loss`` and,
+        for a classifier, ``history.val_accuracy``); one returning True stops training (no
+        ConvergenceWarning). ``fastbp.callbacks.BestCheckpoint`` keeps the best network on
+        disk.
 
     Attributes
     ----------
@@ -685,13 +731,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     True
     """
 
+    if Interval is not None:
+        _parameter_constraints = {**_BaseMLP._parameter_constraints,
+                                  "class_weight": [dict, StrOptions({"balanced"}), None]}
+
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=None, n_threads=None):
+                 dtype=None, n_threads=None, class_weight=None, dropout=0.0, clip_norm=None,
+                 callbacks=None):
         _store_params(self, locals())
 
     def _out_activation(self):
@@ -806,7 +857,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=None, n_threads=None):
+                 dtype=None, n_threads=None, dropout=0.0, clip_norm=None, callbacks=None):
         _store_params(self, locals())
 
     def _check_params(self):

@@ -185,6 +185,68 @@ def test_a_diverging_fit_with_early_stopping_ends_as_sklearn_does():
     np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-5, atol=1e-5)
 
 
+# -- fastbp extras: class_weight, dropout, clip_norm, activation nodes, callbacks ---------------
+@pytest.mark.parametrize("class_weight", ["balanced", {0: 3.0, 1: 0.5, 2: 1.0}])
+def test_class_weight_is_sample_weight_by_class(class_weight):
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    X, y = DATA["multiclass"]
+    kw = dict(hidden_layer_sizes=(6,), max_iter=5, random_state=0, batch_size=32)
+    w = np.random.default_rng(0).uniform(0.5, 2, size=len(y))
+    a = MLPClassifier(class_weight=class_weight, **kw).fit(X, y, sample_weight=w)
+    b = MLPClassifier(**kw).fit(X, y, sample_weight=w * compute_sample_weight(class_weight, y))
+    c = MLPClassifier(**kw).fit(X, y, sample_weight=w)
+    assert np.array_equal(a.network_.flat_params, b.network_.flat_params)
+    assert not np.array_equal(a.network_.flat_params, c.network_.flat_params)
+    with pytest.raises(ValueError, match="class_weight"):
+        MLPClassifier(class_weight="most", **kw).fit(X, y)
+
+
+def test_dropout_clip_norm_and_activation_nodes():
+    X, y = DATA["multiclass"]
+    kw = dict(hidden_layer_sizes=(8, 8), max_iter=4, batch_size=32)
+    a = MLPClassifier(dropout=0.25, clip_norm=0.5, activation=fb.ELU(0.5), random_state=0,
+                      **kw).fit(X, y)
+    kinds = [type(n).__name__ for n in a.network_.nodes]
+    assert kinds == ["Linear", "ELU", "Dropout", "Linear", "ELU", "Dropout", "Linear", "Softmax"]
+    assert a.network_[1].alpha == 0.5 and a.network_[1] is not a.network_[4]
+    assert a._optimizer.clip_norm == 0.5
+    again = MLPClassifier(dropout=0.25, clip_norm=0.5, activation=fb.ELU(0.5), random_state=0,
+                          **kw).fit(X, y)
+    assert np.array_equal(a.network_.flat_params, again.network_.flat_params)
+    other = MLPClassifier(dropout=0.25, random_state=1, **kw).fit(X, y)
+    assert other.network_[2].seed != a.network_[2].seed
+    # a clip norm no gradient reaches is no clipping
+    p = MLPClassifier(clip_norm=1e9, random_state=0, **kw).fit(X, y)
+    q = MLPClassifier(random_state=0, **kw).fit(X, y)
+    assert np.array_equal(p.network_.flat_params, q.network_.flat_params)
+    assert clone(a).get_params()["activation"] is not a.activation  # cloned, unfitted
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(a)).predict_proba(X),
+                                  a.predict_proba(X))
+    with pytest.raises(ValueError, match="dropout"):
+        MLPClassifier(dropout=1.0).fit(X, y)
+
+
+def test_callbacks_see_the_epochs_and_can_stop(tmp_path):
+    X, y = DATA["multiclass"]
+    seen = []
+
+    def cb(epoch, history, net):
+        seen.append((epoch, history.loss[-1], len(history.val_loss)))
+        return epoch == 3
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # stopped by the callback: no warning
+        a = MLPClassifier((6,), max_iter=50, random_state=0, callbacks=[cb]).fit(X, y)
+    assert a.n_iter_ == 4 and [e for e, _, _ in seen] == [0, 1, 2, 3]
+    keep = fb.callbacks.BestCheckpoint(tmp_path / "best.npz")
+    b = MLPClassifier((6,), max_iter=15, random_state=0, early_stopping=True,
+                      callbacks=[keep]).fit(X, y)
+    assert keep.best == min(b.validation_loss_curve_)
+    assert keep.best_epoch == b.validation_loss_curve_.index(keep.best)
+    assert keep.load().predict(X).shape == (len(y), 3)
+
+
 @pytest.mark.parametrize("kind", ["multiclass", "regression"])
 def test_alpha_with_sgd_close_to_sklearn(kind):
     X, y = DATA[kind]
