@@ -22,5 +22,6 @@ __all__ = [
     "BinaryKL", "Divergence", "Dropout", "ELU", "Exp", "GELU", "GradcheckReport", "Identity",
     "KL", "L2", "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct",
     "PowerProduct", "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid",
-    "Softmax", "Softplus", "Tanh", "VectorActivation", "get_num_threads", "gradcheck", "set_num_threads",
+    "Softmax", "Softplus", "Tanh", "VectorActivation", "get_num_threads", "gradcheck",
+    "set_num_threads",
 ]
