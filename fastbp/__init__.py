@@ -6,6 +6,7 @@ from .gradcheck import GradcheckReport, gradcheck
 from .io import CheckpointError, load
 from .losses import KL, L2, BinaryKL, Divergence
 from .network import Sequential
+from .norm import BatchNorm1d, LayerNorm
 from .nodes import ELU, GELU, Identity, LeakyReLU, Linear, Node, ReLU, RReLU, Sigmoid, Softplus, Tanh
 from .optim import SGD, Adam, CosineLR, ExponentialLR, Schedule, StepLR
 from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
@@ -21,4 +22,5 @@ __all__ = [
     "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct", "PowerProduct",
     "Product", "ReLU", "RReLU", "Sequential", "Sigmoid", "Softmax", "Softplus", "Tanh",
     "VectorActivation", "get_num_threads", "gradcheck", "set_num_threads",
+    "BatchNorm1d", "LayerNorm",
 ]

@@ -53,6 +53,11 @@ class Node:
         """(name, shape) of each parameter array this node owns itself."""
         return []
 
+    def buffer_specs(self):
+        """(name, shape) of each array of state this node owns that is not trained (running
+        statistics): of the network's dtype, saved and loaded with the parameters."""
+        return []
+
     def reset_parameters(self, rng):
         """Fill this node's own parameters with initial values drawn from ``rng``."""
 
