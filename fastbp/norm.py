@@ -59,6 +59,9 @@ class _Norm(Node):
         return np.zeros(0, dtype), np.zeros(0, dtype)
 
     def _check_input(self, x):
+        if self.affine and not hasattr(self, "g"):
+            raise RuntimeError(f"{self!r} has no parameters yet: use it inside a "
+                               f"fb.Sequential, which allocates them")
         if x.ndim != 2 or x.shape[1] != self.n:
             raise ValueError(f"{self!r} expects input of shape (T, {self.n}), got {x.shape}")
 

@@ -466,6 +466,7 @@ def _resume(path, net, optimizer, rng):
         sd = {k: z.finite_array("opt_" + k, (n,), dtype) for k in sorted(saved)}
         best_params = z.finite_array("best_params", (n,), dtype) \
             if "best_params" in z else None
+        buffers = io.read_buffers(z, net)
     epoch = _counter(state, "epoch", 1, path)
     sd.update(t=_counter(state, "opt_t", 0, path), epoch=_counter(state, "opt_epoch", 0, path))
     history = _history_from(state.get("history"), epoch, path)
@@ -479,6 +480,8 @@ def _resume(path, net, optimizer, rng):
         _check_rng_state(state.get(key), gen, f"{path}: {key}")
     # Everything is checked: from here on nothing can fail half way.
     net.flat_params[...] = params
+    if buffers is not None:
+        io.set_buffers(net, buffers)
     optimizer.load_state_dict(sd, net)
     rng.bit_generator.state = state["rng"]
     net.rng.bit_generator.state = state["net_rng"]
