@@ -33,6 +33,8 @@ class Node:
     training = True
     n_in = None  # the input width, where the node fixes it
     keeps_width = False  # True where the output width always equals the input width
+    couples_rows = False  # True where a row's output in training depends on the batch's other
+    # rows (batch statistics): such a node cannot be trained on blocks of a batch apart
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

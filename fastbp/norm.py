@@ -176,6 +176,8 @@ class BatchNorm1d(_Norm):
     False
     """
 
+    couples_rows = True
+
     def __init__(self, n, eps=1e-5, momentum=0.1, affine=True):
         super().__init__(n, eps, affine)
         self.momentum = _float(momentum, "momentum", 0.0, 1.0)

@@ -639,3 +639,16 @@ def test_batch_of_one_in_training(rng):
 def test_standalone_node_needs_a_network():
     with pytest.raises(RuntimeError, match=r"LayerNorm\(3\) has no parameters yet"):
         fb.LayerNorm(3).forward(np.ones((2, 3)))
+
+
+def test_data_parallel_training_refuses_batch_statistics(rng):
+    MPI = pytest.importorskip("mpi4py.MPI")
+    net = _net(fb.BatchNorm1d(5))
+    before = net.flat_params.copy()
+    X, y = rng.normal(size=(8, 4)), rng.integers(0, 3, 8)
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(5\) normalises over the batch"):
+        fb.fit(net, X, y, fb.KL(), fb.SGD(lr=0.1), epochs=1, progress=False,
+               comm=MPI.COMM_SELF)
+    assert np.array_equal(net.flat_params, before)
+    ln = _net(fb.LayerNorm(5))
+    fb.fit(ln, X, y, fb.KL(), fb.SGD(lr=0.1), epochs=1, progress=False, comm=MPI.COMM_SELF)
