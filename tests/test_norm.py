@@ -289,7 +289,12 @@ def test_serial_twins_give_the_same_bits(rng):
         dx, dg, db = np.empty_like(x), np.empty(n), np.empty(n)
         bwd(x, g, dy, mean, rstd, dx, dg, db, True)
         outs.append((y, dx, dg, db, rm, rv))
-    for a, b_ in ((outs[0], outs[1]), (outs[2], outs[3])):
+    rm, rv = rng.normal(size=n), rng.uniform(0.5, 2, n)
+    for fwd in (KN.batchnorm_forward_eval, KN.batchnorm_forward_eval_serial):
+        y, mean, rstd = np.empty_like(x), np.empty(n), np.empty(n)
+        fwd(x, g, b, 1e-5, rm, rv, y, mean, rstd)
+        outs.append((y, mean, rstd))
+    for a, b_ in ((outs[0], outs[1]), (outs[2], outs[3]), (outs[4], outs[5])):
         for u, v in zip(a, b_):
             assert np.array_equal(u, v)
 
