@@ -657,3 +657,32 @@ def test_data_parallel_training_refuses_batch_statistics(rng):
     assert np.array_equal(net.flat_params, before)
     ln = _net(fb.LayerNorm(5))
     fb.fit(ln, X, y, fb.KL(), fb.SGD(lr=0.1), epochs=1, progress=False, comm=MPI.COMM_SELF)
+
+
+def test_restore_best_restores_that_epochs_running_statistics(rng, tmp_path):
+    X, y = rng.normal(size=(24, 4)), rng.integers(0, 3, 24)
+    Xv, yv = rng.normal(size=(12, 4)), rng.integers(0, 3, 12)  # noise: overfitting shows
+
+    def build():
+        return fb.Sequential(fb.Linear(4, 16), fb.BatchNorm1d(16, momentum=0.5), fb.ReLU(),
+                             fb.Linear(16, 3), fb.Softmax(), seed=0)
+
+    opts = dict(batch_size=6, progress=False, seed=2, tol=None)
+    early = build()
+    h = fb.fit(early, X, y, fb.KL(), fb.Adam(lr=0.05), epochs=40, validation=(Xv, yv),
+               patience=4, **opts)
+    assert h.best_epoch < len(h.loss) - 1  # training went on past the best epoch
+    upto = build()  # the same run stopped at the best epoch
+    fb.fit(upto, X, y, fb.KL(), fb.Adam(lr=0.05), epochs=h.best_epoch + 1, **opts)
+    _same_state(early, upto)
+    # through a checkpoint taken after the best epoch, the same
+    path = str(tmp_path / "ck.npz")
+    part = build()
+    fb.fit(part, X, y, fb.KL(), fb.Adam(lr=0.05), epochs=h.best_epoch + 2,
+           validation=(Xv, yv), patience=4, restore_best=False, checkpoint=path, **opts)
+    with np.load(path) as z:
+        assert "best_buffers" in z.files
+    resumed = build()
+    fb.fit(resumed, X, y, fb.KL(), fb.Adam(lr=0.05), epochs=40, validation=(Xv, yv),
+           patience=4, resume=path, **opts)
+    _same_state(resumed, early)
