@@ -437,14 +437,15 @@ _TORCH_NAMES = {"W": "weight", "b": "bias", "g": "weight"}  # as nn.Linear, nn.L
 # nn.BatchNorm1d name them
 
 
-def _named_params(net):
+def _named_params(net, buffers=False):
     """(key, node, attribute) of every parameter of ``net``, in layer order.
 
     "k.weight", "k.bias" for the Linear at position k of the network with nested Sequentials
     spliced in (the module indices of ``to_torch``); a node's own other parameters keep their
     names ("k.alpha"); the branches of a ``Product`` at position k nest under "k.a." and "k.b."
     as submodules ``a`` and ``b`` would in PyTorch ("0.a.0.weight"). Raises rather than leave
-    out a parameter of ``net.param_names``."""
+    out a parameter of ``net.param_names``. With ``buffers``, each node's buffers (BatchNorm's
+    "k.running_mean", "k.running_var") follow its parameters, as in PyTorch's state dicts."""
     out = []
 
     def walk(seq, prefix):
@@ -454,11 +455,15 @@ def _named_params(net):
                 name = _TORCH_NAMES.get(attr, attr) if isinstance(
                     node, (Linear, LayerNorm, BatchNorm1d)) else attr
                 out.append((f"{prefix}{k}.{name}", node, attr))
+            for attr, _ in node.buffer_specs() if buffers else ():
+                out.append((f"{prefix}{k}.{attr}", node, attr))
             if not isinstance(node, Sequential):
                 for c, child in zip("ab", node.children()):  # as Sequential.named_specs does
                     walk(child, f"{prefix}{k}.{c}.")
 
     walk(net, "")
+    if buffers:
+        return out
     named = {(id(node), attr) for _, node, attr in out}
     missed = [name for name, node, attr in net._views if (id(node), attr) not in named]
     if missed or len(named) != len(out):
@@ -475,7 +480,9 @@ def state_dict(net):
     branches of a ``Product`` at position k nest under "k.a." and "k.b." ("0.a.0.weight"), as
     a PyTorch module holding them as submodules ``a`` and ``b`` names them; other nodes'
     parameters keep their attribute names ("k.alpha"). Nothing is left out: the dict holds
-    ``net.flat_params.size`` numbers.
+    ``net.flat_params.size`` numbers, followed, for a BatchNorm1d at position k, by its
+    running statistics "k.running_mean" and "k.running_var" right after its parameters (as
+    PyTorch orders them; PyTorch's "k.num_batches_tracked" has no fastbp counterpart).
 
     Examples
     --------
@@ -485,18 +492,23 @@ def state_dict(net):
     >>> list(state_dict(fb.Sequential(glu, fb.Linear(2, 1), seed=0)))
     ['0.a.0.weight', '0.a.0.bias', '0.b.0.weight', '0.b.0.bias', '1.weight', '1.bias']
     """
-    return {key: np.array(getattr(node, attr)) for key, node, attr in _named_params(net)}
+    return {key: np.array(getattr(node, attr))
+            for key, node, attr in _named_params(net, buffers=True)}
 
 
 def load_state_dict(net, sd):
-    """Copy parameters from a state dict in :func:`state_dict`'s layout (tensors or arrays)
-    into ``net``.
+    """Copy parameters (and running statistics) from a state dict in :func:`state_dict`'s
+    layout (tensors or arrays) into ``net``. A BatchNorm's "k.num_batches_tracked", which
+    PyTorch's state dicts hold, is accepted and ignored.
 
     Checks every key and shape first; on any mismatch raises ``ValueError`` and changes nothing.
     """
-    mine = {key: (node, attr) for key, node, attr in _named_params(net)}
+    _named_params(net)  # every parameter has a name
+    mine = {key: (node, attr) for key, node, attr in _named_params(net, buffers=True)}
+    counters = {key.rsplit(".", 1)[0] + ".num_batches_tracked" for key, node, attr in
+                _named_params(net, buffers=True) if attr == "running_mean"}
     given = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-             for k, v in dict(sd).items()}
+             for k, v in dict(sd).items() if k not in counters}
     if set(given) != set(mine):
         raise ValueError(f"state dict keys differ: missing {sorted(set(mine) - set(given))}, "
                          f"unexpected {sorted(set(given) - set(mine))}")

@@ -7,7 +7,7 @@ import pytest
 
 import fastbp as fb
 from fastbp import io as fio
-from fastbp.interop import from_torch, state_dict, to_torch
+from fastbp.interop import from_torch, load_state_dict, state_dict, to_torch
 from fastbp.kernels import norm as KN
 
 RTOL = 1e-12  # kernels against the float64 references
@@ -560,7 +560,14 @@ def test_from_torch_and_to_torch_round_trip(rng, dtype):
     for k in sd:
         if "num_batches" not in k:
             assert torch.equal(sd[k], sd_back[k]), k
-    assert set(state_dict(net)) == {k for k in sd if "running" not in k and "num_b" not in k}
+    assert list(state_dict(net)) == [k for k in sd if "num_b" not in k]
+    for k, v in state_dict(net).items():
+        assert np.array_equal(v, sd[k].numpy()), k
+    other = from_torch(_torch_model(dtype))
+    load_state_dict(other, m.state_dict())  # PyTorch's own, num_batches_tracked included
+    _same_state(other, net)
+    with pytest.raises(ValueError, match=r"missing \['1.running_var'\]"):
+        load_state_dict(other, {k: v for k, v in sd.items() if k != "1.running_var"})
     X = rng.normal(size=(6, 4))
     Xt = torch.tensor(X, dtype=TDT[dtype])
     rtol = TORCH_RTOL[dtype]
