@@ -7,6 +7,7 @@ from .io import CheckpointError, load
 from .lbfgs import LBFGS
 from .losses import KL, L2, BinaryKL, Divergence, Poisson
 from .network import Sequential
+from .norm import BatchNorm1d, LayerNorm
 from .nodes import (ELU, GELU, Dropout, Exp, Identity, LeakyReLU, Linear, Node, ReLU, RReLU,
                     Sigmoid, Softplus, Tanh)
 from .optim import SGD, Adam, CosineLR, ExponentialLR, RMSprop, Schedule, StepLR
@@ -23,5 +24,5 @@ __all__ = [
     "KL", "L2", "LeakyReLU", "Linear", "MaxOver", "MaxPool1d", "Node", "PairProduct",
     "PowerProduct", "Poisson", "Product", "ReLU", "RMSprop", "RReLU", "Sequential", "Sigmoid",
     "Softmax", "Softplus", "Tanh", "VectorActivation", "get_num_threads", "gradcheck",
-    "set_num_threads",
+    "set_num_threads", "BatchNorm1d", "LayerNorm",
 ]

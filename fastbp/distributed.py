@@ -132,7 +132,15 @@ class Plan:
         return any(o for o, _ in parts)
 
     def start(self, net):
-        """Every rank starts from rank 0's parameters."""
+        """Every rank starts from rank 0's parameters. A node whose rows depend on each other
+        in training (BatchNorm1d's batch statistics) is refused, on every rank alike: blocks
+        of a batch would each normalise by their own statistics, another computation than the
+        batch's (fastbp has no synchronised batch normalisation)."""
+        coupled = [node for node in net.walk() if node.couples_rows]
+        if coupled:
+            raise ValueError(f"{coupled[0]!r} normalises over the batch, which data-parallel "
+                             f"training splits into blocks; use LayerNorm, or train without "
+                             f"comm")
         self.comm.Bcast(net.flat_params, root=0)
 
     def epoch(self, net, X, target, loss, optimizer, order, batch, epoch, history, count,

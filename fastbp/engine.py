@@ -18,13 +18,16 @@ class Op:
     registers, placed per workspace), its float parameter, its elements per row (``work``),
     and its kernels: ``forward`` and ``backward`` are (op function of
     :mod:`fastbp.kernels.engine`, leaf kernel) or None; the leaf's serial twin runs ops too
-    small for the threads. A linear op picks its kernels by ``dense.dense_mode``."""
+    small for the threads. A linear op picks its kernels by ``dense.dense_mode``. An op with
+    ``params`` writes parameter gradients in its backward, which therefore runs even where no
+    input gradient is wanted, compiled with NEED_DY saying whether one is."""
 
-    __slots__ = ("forward", "backward", "fields", "regs", "p", "work", "linear")
+    __slots__ = ("forward", "backward", "fields", "regs", "p", "work", "linear", "params")
 
-    def __init__(self, forward, backward, fields, regs, work, p=0.0, linear=False):
+    def __init__(self, forward, backward, fields, regs, work, p=0.0, linear=False,
+                 params=False):
         self.forward, self.backward, self.fields, self.regs = forward, backward, fields, regs
-        self.work, self.p, self.linear = work, p, linear
+        self.work, self.p, self.linear, self.params = work, p, linear, params
 
     def _leaf(self, leaf, rows):
         return leaf if rows * self.work >= KE.PAR_MIN_WORK else serial_twin_of(leaf)
@@ -57,11 +60,12 @@ class Op:
                              else KD.dense_backward_params_blas_serial,
                              KERNEL2=KD.dense_backward_input_blas if par
                              else KD.dense_backward_input_blas_serial, NEED_DY=need_dy, BLAS=True)
-        if self.backward is None or not need_dy:
+        if self.backward is None or not (need_dy or self.params):
             return None
         fn, leaf = self.backward
-        return op_kernel(fn, dt) if leaf is None else op_kernel(fn, dt,
-                                                                 KERNEL=self._leaf(leaf, rows))
+        flags = dict(NEED_DY=need_dy) if self.params else {}
+        return op_kernel(fn, dt, **flags) if leaf is None else \
+            op_kernel(fn, dt, KERNEL=self._leaf(leaf, rows), **flags)
 
 
 class Workspace:
@@ -83,6 +87,8 @@ class Tape:
         self.net, self.train = net, train
         self.ops, self.widths = [], []
         self.consts, self.iconsts, self.iwidths = [], [], []
+        self.buffers = []  # [ICONSTS offset, node, attribute, the array held] (see ``buffer``)
+        self.min_rows = (1, "")  # (rows a training batch needs, why; see ``require_rows``)
         self.y = self.emit(net, self.register(net.n_in), -1)
         self.n_out = self.widths[self.y]
         self._local = threading.local()
@@ -96,7 +102,7 @@ class Tape:
         return len(self.widths) - 1
 
     def op(self, forward, backward, i, o, gi, go, n_in, n_out, aux=None, aux_regs=(), p=0.0,
-           linear=False):
+           linear=False, params=False):
         """Append an op (see ``Op``) reading register i and writing o, gradients from go to gi
         (-1: none); ``aux`` sets auxiliary fields, those in ``aux_regs`` being registers."""
         fields = np.zeros(KE.N_OP, np.int64)
@@ -107,7 +113,7 @@ class Tape:
             fields[name] = value
         fields[KE.K] = len(self.ops)
         op = Op(forward, backward, fields, (KE.IN, KE.OUT, KE.GIN, KE.GOUT) + aux_regs, n_out, p,
-                linear)
+                linear, params)
         self.ops.append(op)
         return op
 
@@ -152,6 +158,46 @@ class Tape:
         o = sum(c.size for c in self.iconsts)
         self.iconsts.append(np.ravel(a).astype(np.int64))
         return o
+
+    def buffer(self, node, attr):
+        """The offset in ICONSTS of the address of ``node.attr``, a 1-D contiguous array of the
+        network's dtype that the node owns and its op updates in place (BatchNorm's running
+        statistics). The tape holds the array; before each run, ``_bind_buffers`` points the
+        address at the node's array again if it was replaced (``load``, a user's assignment)."""
+        a = self._checked_buffer(node, attr, None)
+        o = self.iconst([a.ctypes.data])
+        self.buffers.append([o, node, attr, a])
+        return o
+
+    def _checked_buffer(self, node, attr, shape):
+        a = getattr(node, attr)
+        dt = self.net.dtype
+        if not isinstance(a, np.ndarray) or a.dtype != dt or a.ndim != 1 or \
+                not a.flags.c_contiguous or not a.flags.writeable or \
+                shape is not None and a.shape != shape:
+            want = f"of shape {shape}" if shape is not None else "1-D"
+            raise TypeError(f"{node!r}.{attr} must be a writable contiguous {dt} array {want}, "
+                            f"got {type(a).__name__} {getattr(a, 'dtype', '')} "
+                            f"{getattr(a, 'shape', '')}")
+        return a
+
+    def _bind_buffers(self):
+        for entry in self.buffers:
+            o, node, attr, held = entry
+            if getattr(node, attr) is not held:
+                entry[3] = self._checked_buffer(node, attr, held.shape)
+                self.iconsts[o] = entry[3].ctypes.data
+
+    def require_rows(self, rows, why):
+        """Training batches must have at least ``rows`` rows (``why`` says which node needs
+        them); ``check_rows`` raises ValueError before a run on fewer."""
+        if rows > self.min_rows[0]:
+            self.min_rows = (int(rows), why)
+
+    def check_rows(self, rows):
+        if 0 < rows < self.min_rows[0]:
+            raise ValueError(f"{self.min_rows[1]}, got a batch of {rows} row"
+                             f"{'s' if rows != 1 else ''}")
 
     def argmax(self, width):
         """A block of ``width`` argmax indices per row in IACT (its index; each workspace places
@@ -224,7 +270,8 @@ class Tape:
 
     def _bind_params(self, ws):
         """Point ctx at the network's parameters and gradients (arrays that may be replaced
-        between calls, e.g. by ``load_state_dict``'s callers)."""
+        between calls, e.g. by ``load_state_dict``'s callers), and at the nodes' buffers."""
+        self._bind_buffers()
         p, g = self.net.flat_params, self.net.flat_grads
         if ws.bound is not None and ws.bound[0] is p and ws.bound[1] is g:
             return  # the same arrays as last time (held here, so their addresses hold)
@@ -370,11 +417,14 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, 
     per-epoch rows (loss sum by weight, steps, first bad step or -1, rows right, loss sum by
     rows) of the epochs run. ``weights``: the rows' sample weights (None: unweighted)."""
     tape, (kind, fused), (code, hyper, states) = check_supported(net, loss, target, opt)
+    T = np.shape(orders)[1]
+    tape.check_rows(batch)
+    tape.check_rows(T % batch)
     ws, (X, target, orders, weights), labels = _bind_batch(net, X, target, orders, batch, tape,
                                                            hyper, states, weights)
     code = (*code, bool(hyper[KE.CLIP] > 0))
     last = len(tape.ops) - (2 if fused else 1)
-    T, weighted = orders.shape[1], weights is not None
+    weighted = weights is not None
     full, n_pre = tape.step_program(ws, batch, (kind, fused), last, code, labels, count, weighted)
     tail = tape.step_program(ws, T % batch, (kind, fused), last, code, labels, count,
                              weighted)[0] if T % batch else full
@@ -395,6 +445,7 @@ def gradient(net, X, target, loss, opt, order, count=False, weights=None):
     their sample weights)."""
     tape, (kind, fused), (code, hyper, states) = check_supported(net, loss, target, opt)
     rows = len(order)
+    tape.check_rows(rows)
     ws, _, labels = _bind_batch(net, X, target, order, rows, tape, hyper, states, weights)
     code = (*code, False)  # no clipping: the caller clips the sum of the ranks' gradients
     last = len(tape.ops) - (2 if fused else 1)

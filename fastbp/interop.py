@@ -22,6 +22,7 @@ import numpy as np
 
 from .network import Sequential
 from .nodes import ELU, GELU, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid, Softplus, Tanh
+from .norm import BatchNorm1d, LayerNorm
 from .vector import Softmax
 
 __all__ = [
@@ -272,12 +273,67 @@ def _torch_table(nn):
             (Softmax, nn.Softmax, softmax, lambda n: nn.Softmax(dim=-1))]
 
 
+def _numpy(t):
+    return None if t is None else t.detach().cpu().double().numpy()
+
+
+def _norm_from_torch(nn, m):
+    """(node, {attribute: values}) for a torch LayerNorm or BatchNorm1d module, or None for
+    another module; raises ValueError for a form fastbp does not have."""
+    if type(m) is nn.LayerNorm:
+        shape = tuple(m.normalized_shape)
+        if len(shape) != 1:
+            raise ValueError(f"{m!r}: fastbp's LayerNorm normalises one dimension; "
+                             f"normalized_shape is {shape}")
+        if m.elementwise_affine and m.bias is None:
+            raise ValueError(f"{m!r}: LayerNorm(bias=False) has no fastbp node (fastbp's "
+                             f"affine LayerNorm has a gain and a bias)")
+        node = LayerNorm(shape[0], eps=m.eps, affine=m.elementwise_affine)
+        values = {}
+    elif type(m) is nn.BatchNorm1d:
+        if not m.track_running_stats or m.running_mean is None:
+            raise ValueError(f"{m!r}: fastbp's BatchNorm1d keeps running statistics "
+                             f"(track_running_stats=True)")
+        if m.momentum is None:
+            raise ValueError(f"{m!r}: momentum=None (a cumulative average) has no fastbp "
+                             f"form; give a momentum in [0, 1]")
+        node = BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine)
+        values = {"running_mean": _numpy(m.running_mean), "running_var": _numpy(m.running_var)}
+    else:
+        return None
+    if node.affine:
+        values.update(g=_numpy(m.weight), b=_numpy(m.bias))
+    return node, values
+
+
+def _norm_to_torch(nn, node, tdt):
+    """The torch module for a LayerNorm or BatchNorm1d node, with its parameters and running
+    statistics copied."""
+    torch = _torch()
+    if type(node) is LayerNorm:
+        m = nn.LayerNorm(node.n, eps=node.eps, elementwise_affine=node.affine, dtype=tdt)
+    else:
+        m = nn.BatchNorm1d(node.n, eps=node.eps, momentum=node.momentum, affine=node.affine,
+                           dtype=tdt)
+        with torch.no_grad():
+            m.running_mean.copy_(torch.from_numpy(np.array(node.running_mean)))
+            m.running_var.copy_(torch.from_numpy(np.array(node.running_var)))
+    if node.affine:
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.array(node.g)))
+            m.bias.copy_(torch.from_numpy(np.array(node.b)))
+    return m
+
+
 def from_torch(module, dtype=None):
     """A fastbp network from a PyTorch ``nn.Sequential`` of Linear layers and activations.
 
     Supported modules: ``Linear`` (with or without bias), ``Identity, ReLU, Tanh, Sigmoid,
-    LeakyReLU, RReLU, ELU, GELU`` (exact), ``Softplus`` (beta 1), ``Softmax`` (last dim), and
-    nested ``Sequential``. ReLU gets PyTorch's f'(0) = 0.
+    LeakyReLU, RReLU, ELU, GELU`` (exact), ``Softplus`` (beta 1), ``Softmax`` (last dim),
+    ``LayerNorm`` (one normalised dimension, with or without elementwise affine),
+    ``BatchNorm1d`` (tracking running statistics, a momentum; its running statistics are
+    copied), and nested ``Sequential``. ReLU gets PyTorch's f'(0) = 0. The network's mode
+    (``train``/``eval``) is fastbp's default, training, whatever the module's.
 
     Parameters
     ----------
@@ -290,7 +346,7 @@ def from_torch(module, dtype=None):
     if not isinstance(module, nn.Sequential):
         raise TypeError(f"from_torch needs a torch.nn.Sequential, got {type(module).__name__}")
     table = _torch_table(nn)
-    nodes, weights, used = [], [], set()
+    nodes, weights, used, norms = [], [], set(), []
 
     def walk(seq):
         for m in seq:
@@ -302,6 +358,10 @@ def from_torch(module, dtype=None):
                 b = None if m.bias is None else m.bias.detach().cpu().double().numpy()
                 weights.append((m.weight.detach().cpu().double().numpy(), b))
                 used.update(id(p) for p in m.parameters())
+            elif (norm := _norm_from_torch(nn, m)) is not None:
+                norms.append(norm)
+                nodes.append(norm[0])
+                used.update(id(p) for p in list(m.parameters()) + list(m.buffers()))
             else:
                 for _, cls, make, _ in table:
                     if type(m) is cls:
@@ -310,19 +370,24 @@ def from_torch(module, dtype=None):
                 else:
                     raise ValueError(f"{m!r} has no fastbp node; supported: Linear, "
                                      f"{', '.join(c.__name__ for _, c, _, _ in table)}, "
-                                     f"Sequential")
+                                     f"LayerNorm, BatchNorm1d, Sequential")
 
     walk(module)
     # A Sequential subclass may hold parameters or buffers of its own: refuse, not drop them.
     left = [n for n, p in module.named_parameters() if id(p) not in used] + \
-        [n for n, _ in module.named_buffers()]
+        [n for n, b in module.named_buffers() if id(b) not in used]
     if left:
         raise ValueError(f"from_torch would leave out {left}: only the parameters of "
-                         f"nn.Linear layers have a place in a fastbp network")
+                         f"nn.Linear, nn.LayerNorm and nn.BatchNorm1d layers (and the running "
+                         f"statistics of nn.BatchNorm1d) have a place in a fastbp network")
     params = list(module.parameters())
     default = {torch.float32: np.float32, torch.float64: np.float64}.get(
         params[0].dtype if params else torch.float32, np.float32)
-    return _assemble(nodes, weights, _float_dtype(dtype, default))
+    net = _assemble(nodes, weights, _float_dtype(dtype, default))
+    for node, values in norms:
+        for attr, v in values.items():
+            getattr(node, attr)[...] = v
+    return net
 
 
 def to_torch(net, dtype=None):
@@ -334,7 +399,8 @@ def to_torch(net, dtype=None):
 
     Parameters
     ----------
-    net : fastbp.Sequential of Linear and scalar/softmax activation nodes
+    net : fastbp.Sequential of Linear, scalar/softmax activation, LayerNorm and BatchNorm1d
+        nodes (running statistics copied; the module is in PyTorch's default mode, training)
     dtype : torch dtype or None
         None: float32 or float64 from the network.
     """
@@ -356,6 +422,8 @@ def to_torch(net, dtype=None):
                     m.bias.copy_(torch.from_numpy(np.array(node.b)))
         elif t in module_for:
             m = module_for[t](node)
+        elif t in (LayerNorm, BatchNorm1d):
+            m = _norm_to_torch(nn, node, tdt)
         else:
             raise ValueError(f"{type(node).__name__} has no PyTorch module in fastbp.interop "
                              f"(to_torch builds an nn.Sequential of Linear layers and "
@@ -365,30 +433,37 @@ def to_torch(net, dtype=None):
 
 
 # -- PyTorch's layout without PyTorch ---------------------------------------------------------
-_TORCH_NAMES = {"W": "weight", "b": "bias"}  # a Linear's parameters, as nn.Linear names them
+_TORCH_NAMES = {"W": "weight", "b": "bias", "g": "weight"}  # as nn.Linear, nn.LayerNorm and
+# nn.BatchNorm1d name them
 
 
-def _named_params(net):
+def _named_params(net, buffers=False):
     """(key, node, attribute) of every parameter of ``net``, in layer order.
 
     "k.weight", "k.bias" for the Linear at position k of the network with nested Sequentials
     spliced in (the module indices of ``to_torch``); a node's own other parameters keep their
     names ("k.alpha"); the branches of a ``Product`` at position k nest under "k.a." and "k.b."
     as submodules ``a`` and ``b`` would in PyTorch ("0.a.0.weight"). Raises rather than leave
-    out a parameter of ``net.param_names``."""
+    out a parameter of ``net.param_names``. With ``buffers``, each node's buffers (BatchNorm's
+    "k.running_mean", "k.running_var") follow its parameters, as in PyTorch's state dicts."""
     out = []
 
     def walk(seq, prefix):
         nodes = _flat_nodes(seq) if isinstance(seq, Sequential) else [seq]
         for k, node in enumerate(nodes):
             for attr, _ in node.param_specs():
-                name = _TORCH_NAMES.get(attr, attr) if isinstance(node, Linear) else attr
+                name = _TORCH_NAMES.get(attr, attr) if isinstance(
+                    node, (Linear, LayerNorm, BatchNorm1d)) else attr
                 out.append((f"{prefix}{k}.{name}", node, attr))
+            for attr, _ in node.buffer_specs() if buffers else ():
+                out.append((f"{prefix}{k}.{attr}", node, attr))
             if not isinstance(node, Sequential):
                 for c, child in zip("ab", node.children()):  # as Sequential.named_specs does
                     walk(child, f"{prefix}{k}.{c}.")
 
     walk(net, "")
+    if buffers:
+        return out
     named = {(id(node), attr) for _, node, attr in out}
     missed = [name for name, node, attr in net._views if (id(node), attr) not in named]
     if missed or len(named) != len(out):
@@ -405,7 +480,9 @@ def state_dict(net):
     branches of a ``Product`` at position k nest under "k.a." and "k.b." ("0.a.0.weight"), as
     a PyTorch module holding them as submodules ``a`` and ``b`` names them; other nodes'
     parameters keep their attribute names ("k.alpha"). Nothing is left out: the dict holds
-    ``net.flat_params.size`` numbers.
+    ``net.flat_params.size`` numbers, followed, for a BatchNorm1d at position k, by its
+    running statistics "k.running_mean" and "k.running_var" right after its parameters (as
+    PyTorch orders them; PyTorch's "k.num_batches_tracked" has no fastbp counterpart).
 
     Examples
     --------
@@ -415,18 +492,23 @@ def state_dict(net):
     >>> list(state_dict(fb.Sequential(glu, fb.Linear(2, 1), seed=0)))
     ['0.a.0.weight', '0.a.0.bias', '0.b.0.weight', '0.b.0.bias', '1.weight', '1.bias']
     """
-    return {key: np.array(getattr(node, attr)) for key, node, attr in _named_params(net)}
+    return {key: np.array(getattr(node, attr))
+            for key, node, attr in _named_params(net, buffers=True)}
 
 
 def load_state_dict(net, sd):
-    """Copy parameters from a state dict in :func:`state_dict`'s layout (tensors or arrays)
-    into ``net``.
+    """Copy parameters (and running statistics) from a state dict in :func:`state_dict`'s
+    layout (tensors or arrays) into ``net``. A BatchNorm's "k.num_batches_tracked", which
+    PyTorch's state dicts hold, is accepted and ignored.
 
     Checks every key and shape first; on any mismatch raises ``ValueError`` and changes nothing.
     """
-    mine = {key: (node, attr) for key, node, attr in _named_params(net)}
+    _named_params(net)  # every parameter has a name
+    mine = {key: (node, attr) for key, node, attr in _named_params(net, buffers=True)}
+    counters = {key.rsplit(".", 1)[0] + ".num_batches_tracked" for key, node, attr in
+                _named_params(net, buffers=True) if attr == "running_mean"}
     given = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-             for k, v in dict(sd).items()}
+             for k, v in dict(sd).items() if k not in counters}
     if set(given) != set(mine):
         raise ValueError(f"state dict keys differ: missing {sorted(set(mine) - set(given))}, "
                          f"unexpected {sorted(set(given) - set(mine))}")

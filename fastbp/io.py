@@ -176,6 +176,43 @@ def _assemble(tree, arch, path=None):
     return net
 
 
+def buffer_specs(net):
+    """(node, attribute, shape) of every buffer of ``net`` (the nodes' ``buffer_specs``: state
+    that is not trained, such as BatchNorm's running statistics), depth first in layer order:
+    the layout of a file's ``buffers`` member."""
+    out = []
+
+    def walk(node):
+        out.extend((node, attr, tuple(shape)) for attr, shape in node.buffer_specs())
+        for child in node.children():
+            walk(child)
+
+    walk(net)
+    return out
+
+
+def flat_buffers(net):
+    """Every buffer of ``net`` raveled into one array of its dtype (empty where it has none)."""
+    parts = [np.ravel(getattr(node, attr)) for node, attr, _ in buffer_specs(net)]
+    return np.concatenate(parts).astype(net.dtype) if parts else np.zeros(0, net.dtype)
+
+
+def set_buffers(net, flat):
+    """Copy ``flat`` (laid out as :func:`flat_buffers`) into the buffers of ``net``, in place."""
+    o = 0
+    for node, attr, shape in buffer_specs(net):
+        n = math.prod(shape)
+        getattr(node, attr)[...] = np.reshape(flat[o:o + n], shape)
+        o += n
+
+
+def read_buffers(z, net):
+    """The ``buffers`` member of an open :class:`Archive` for ``net``: exactly the size its
+    buffers take, of its dtype, finite (None where the network has no buffers)."""
+    need = sum(math.prod(shape) for *_, shape in buffer_specs(net))
+    return z.finite_array("buffers", (need,), net.dtype) if need else None
+
+
 def build(arch, n_params=None):
     """A network from :func:`architecture`'s output (parameters freshly initialised). With
     ``n_params``, the architecture must hold exactly that many parameters, checked before any
@@ -393,8 +430,11 @@ def read_network(z):
     except CheckpointError as e:
         raise CheckpointError(f"{z.path}: {e}") from e
     params = z.finite_array("params", (need,), _arch_dtype(arch, z.path))
-    net = _assemble(tree, arch, z.path)
+    net = _assemble(tree, arch, z.path)  # buffers are sized by the configuration: small
+    buffers = read_buffers(z, net)
     net.flat_params[...] = params
+    if buffers is not None:
+        set_buffers(net, buffers)
     return net, arch
 
 
@@ -499,11 +539,14 @@ def write_npz(path, arrays):
 
 
 def save(net, path, **extra):
-    """Write ``net`` (architecture, ``net.meta`` and parameters) to ``path``; ``extra`` arrays
-    ride along. Parameters holding NaN or inf are refused (ValueError): ``load`` would refuse
-    the file."""
+    """Write ``net`` (architecture, ``net.meta``, parameters and, where its nodes have them,
+    buffers such as running statistics) to ``path``; ``extra`` arrays ride along. Parameters
+    or buffers holding NaN or inf are refused (ValueError): ``load`` would refuse the file."""
     arch = json.dumps(architecture(net), allow_nan=False)
     _checks.check_finite(net.flat_params, "the network's parameters")
     arrays = {"architecture": np.array(arch), "params": net.flat_params}
+    if buffer_specs(net):
+        arrays["buffers"] = flat_buffers(net)
+        _checks.check_finite(arrays["buffers"], "the network's buffers (running statistics)")
     arrays.update(extra)
     write_npz(path, arrays)

@@ -34,6 +34,8 @@ class Node:
     training = True
     n_in = None  # the input width, where the node fixes it
     keeps_width = False  # True where the output width always equals the input width
+    couples_rows = False  # True where a row's output in training depends on the batch's other
+    # rows (batch statistics): such a node cannot be trained on blocks of a batch apart
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -52,6 +54,11 @@ class Node:
 
     def param_specs(self):
         """(name, shape) of each parameter array this node owns itself."""
+        return []
+
+    def buffer_specs(self):
+        """(name, shape) of each array of state this node owns that is not trained (running
+        statistics): of the network's dtype, saved and loaded with the parameters."""
         return []
 
     def reset_parameters(self, rng):

@@ -237,7 +237,7 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
         plan.start(net)
     rng = np.random.default_rng(seed)
     history, start = History(), 0
-    best = (math.inf, None)
+    best = (math.inf, None, None)  # (loss, parameters, buffers) of the best epoch
     if resume is not None:
         start, history, best = _resume(resume, net, optimizer, rng) if plan is None else \
             distributed.collectively(comm, lambda: _resume(resume, net, optimizer, rng))
@@ -262,7 +262,7 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
             if vacc is not None:
                 history.val_accuracy.append(vacc)
             if vl < best[0] - min_delta:
-                best = (vl, net.flat_params.copy())
+                best = (vl, net.flat_params.copy(), io.flat_buffers(net))
                 history.best_epoch = epoch
         history.epoch_time.append(time.perf_counter() - t0)
         if bar is not None:
@@ -286,6 +286,8 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
             bar.close()
     if patience is not None and restore_best and best[1] is not None:
         net.flat_params[...] = best[1]
+        if best[2] is not None and best[2].size:  # running statistics of that epoch
+            io.set_buffers(net, best[2])
     return history
 
 
@@ -525,6 +527,8 @@ def _write_checkpoint(path, net, optimizer, rng, history, epoch, best):
             arrays["opt_" + k] = v
     if best[1] is not None:
         arrays["best_params"] = best[1]
+    if best[2] is not None and best[2].size:
+        arrays["best_buffers"] = best[2]
     io.save(net, path, **arrays)
 
 
@@ -562,6 +566,10 @@ def _resume(path, net, optimizer, rng):
         sd = {k: z.finite_array("opt_" + k, (n,), dtype) for k in sorted(saved)}
         best_params = z.finite_array("best_params", (n,), dtype) \
             if "best_params" in z else None
+        buffers = io.read_buffers(z, net)
+        n_buffers = 0 if buffers is None else buffers.size
+        best_buffers = z.finite_array("best_buffers", (n_buffers,), dtype) \
+            if "best_buffers" in z else None
     epoch = _counter(state, "epoch", 1, path)
     sd.update(t=_counter(state, "opt_t", 0, path), epoch=_counter(state, "opt_epoch", 0, path))
     history = _history_from(state.get("history"), epoch, path)
@@ -571,14 +579,22 @@ def _resume(path, net, optimizer, rng):
         raise io.CheckpointError(f"{path}: best_loss {best_loss!r} and best_params "
                                  f"({'absent' if best_params is None else 'present'}) do not "
                                  f"go together")
+    if (best_buffers is not None) != (best_params is not None and n_buffers > 0):
+        raise io.CheckpointError(f"{path}: best_buffers are "
+                                 f"{'present' if best_buffers is not None else 'absent'} with "
+                                 f"best_params {'present' if best_params is not None else 'absent'}"
+                                 f" and {n_buffers} buffer values")
     for key, gen in (("rng", rng), ("net_rng", net.rng)):
         _check_rng_state(state.get(key), gen, f"{path}: {key}")
     # Everything is checked: from here on nothing can fail half way.
     net.flat_params[...] = params
+    if buffers is not None:
+        io.set_buffers(net, buffers)
     optimizer.load_state_dict(sd, net)
     rng.bit_generator.state = state["rng"]
     net.rng.bit_generator.state = state["net_rng"]
-    return epoch, history, (math.inf if best_loss is None else float(best_loss), best_params)
+    return epoch, history, (math.inf if best_loss is None else float(best_loss), best_params,
+                            best_buffers)
 
 
 def _optimizer_buffers(optimizer, dtype):

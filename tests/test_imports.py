@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "fastbp"
 LAYERS = [
     ("foundations", {"fastbp.errors", "fastbp._checks", "fastbp._config", "fastbp.datasets",
                      "fastbp.gradcheck", "fastbp.kernels", "fastbp.kernels.*"}),
-    ("nodes", {"fastbp.nodes", "fastbp.vector", "fastbp.losses", "fastbp.optim",
+    ("nodes", {"fastbp.nodes", "fastbp.vector", "fastbp.norm", "fastbp.losses", "fastbp.optim",
                "fastbp.lbfgs"}),
     ("engine", {"fastbp.engine"}),
     ("network", {"fastbp.io", "fastbp.network"}),

@@ -29,8 +29,9 @@ from fastbp.kernels import vector as KV
 
 #: kernel modules whose kernels this file checks against the reference (the optimizers' and the
 #: engine's kernels are tested with the optimizers, fastmath.py in tests/test_fastmath.py; the
-#: finite check and the optimizers' serial twins at the end of this file)
-NOT_HERE = {"fastmath", "optim", "engine"}
+#: finite check and the optimizers' serial twins at the end of this file; norm.py's kernels and
+#: their twins in tests/test_norm.py)
+NOT_HERE = {"fastmath", "optim", "engine", "norm"}
 
 #: (T, D) shapes: one unit, one instance, widths that are no multiple of a vector width
 SHAPES = [(1, 1), (1, 7), (5, 3), (4, 17), (3, 33)]
