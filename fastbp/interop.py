@@ -21,7 +21,8 @@ Examples
 import numpy as np
 
 from .network import Sequential
-from .nodes import ELU, GELU, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid, Softplus, Tanh
+from .nodes import (ELU, GELU, Dropout, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid,
+                    Softplus, Tanh)
 from .norm import BatchNorm1d, LayerNorm
 from .vector import Softmax
 
@@ -270,7 +271,9 @@ def _torch_table(nn):
             (ELU, nn.ELU, lambda m: ELU(m.alpha), lambda n: nn.ELU(n.alpha)),
             (GELU, nn.GELU, gelu, lambda n: nn.GELU()),
             (Softplus, nn.Softplus, softplus, lambda n: nn.Softplus()),
-            (Softmax, nn.Softmax, softmax, lambda n: nn.Softmax(dim=-1))]
+            (Softmax, nn.Softmax, softmax, lambda n: nn.Softmax(dim=-1)),
+            # the same rate; the masks are fastbp's own (seeded) or PyTorch's generator's
+            (Dropout, nn.Dropout, lambda m: Dropout(m.p), lambda n: nn.Dropout(n.p))]
 
 
 def _numpy(t):

@@ -32,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted
 from .network import Sequential
 from .nodes import (ELU, GELU, Dropout, Exp, Identity, LeakyReLU, Linear, ReLU, RReLU, Sigmoid,
                     Softplus, Tanh)
+from .norm import BatchNorm1d, LayerNorm
 from .products import MaxOver, MaxPool1d, PairProduct, PowerProduct, Product
 from .sklearn import MLPClassifier, MLPRegressor
 from .vector import Softmax
@@ -307,6 +308,30 @@ def _max_pool(node, g, x, where):
     return _max_over(node, g, x, where)
 
 
+def _layer_norm(node, g, x, where):
+    # as the kernel: d = x - mean, y = d / sqrt(mean(d^2) + eps) (then gain and bias)
+    d = g.op("Sub", [x, g.reduce("ReduceMean", x, [1], where, keepdims=1)], where)
+    var = g.reduce("ReduceMean", g.op("Mul", [d, d], where), [1], where, keepdims=1)
+    y = g.op("Div", [d, g.op("Sqrt", [g.op("Add", [var, g.const(node.eps, f"{where}.eps")],
+                                           where)], where)], where)
+    return _affine(node, g, y, where)
+
+
+def _batch_norm(node, g, x, where):
+    # evaluation: the running statistics
+    d = g.op("Sub", [x, g.const(node.running_mean, f"{where}.running_mean")], where)
+    y = g.op("Div", [d, g.const(np.sqrt(node.running_var.astype(np.float64) + node.eps),
+                                f"{where}.running_std")], where)
+    return _affine(node, g, y, where)
+
+
+def _affine(node, g, y, where):
+    if not node.affine:
+        return y
+    y = g.op("Mul", [y, g.const(node.g, f"{where}.g")], where)
+    return g.op("Add", [y, g.const(node.b, f"{where}.b")], where)
+
+
 #: Node class -> emitter ``emit(node, g, x, where) -> output name`` (see the module docstring).
 #: Lookup is by exact class; a new node kind adds one entry here.
 EMITTERS = {
@@ -323,6 +348,8 @@ EMITTERS = {
     GELU: _gelu,
     Exp: _unary("Exp"),
     Dropout: _unary("Identity"),  # evaluation: the identity
+    LayerNorm: _layer_norm,
+    BatchNorm1d: _batch_norm,
     Softmax: _softmax,
     Product: _product,
     PairProduct: _pair_product,

@@ -245,8 +245,24 @@ def test_from_torch_refuses_unsupported_modules():
     torch = pytest.importorskip("torch")
     nn = torch.nn
     with pytest.raises(ValueError, match="no fastbp node"):
-        from_torch(nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)))
+        from_torch(nn.Sequential(nn.Linear(3, 3), nn.AlphaDropout(0.5)))
     with pytest.raises(ValueError, match="erf"):
         from_torch(nn.Sequential(nn.Linear(3, 3), nn.GELU(approximate="tanh")))
     with pytest.raises(TypeError, match="nn.Sequential"):
         from_torch(nn.Linear(3, 3))
+
+
+def test_dropout_both_ways_same_outputs_in_evaluation(rng):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    tnet = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 2)).double()
+    net = from_torch(tnet)
+    assert isinstance(net[2], fb.Dropout) and net[2].p == 0.3
+    X = rng.normal(size=(6, 5))
+    with torch.no_grad():
+        np.testing.assert_allclose(net.eval().predict(X),
+                                   tnet.eval()(torch.from_numpy(X)).numpy(), rtol=1e-12)
+    back = to_torch(net)
+    assert isinstance(back[2], nn.Dropout) and back[2].p == 0.3
+    ones = np.ones((50, 5))
+    assert not np.allclose(net.train().forward(ones), net.eval().predict(ones))  # it drops

@@ -154,7 +154,7 @@ def test_max(node, dtype, rng):
 
 def _every_node(dtype):
     """One network holding every exportable node kind."""
-    return fb.Sequential(
+    net = fb.Sequential(
         fb.Linear(6, 8), fb.Sigmoid(), fb.Linear(8, 8, bias=False), fb.Tanh(),
         fb.Product(fb.Sequential(fb.Linear(8, 8), fb.ReLU()),
                    fb.Sequential(fb.Linear(8, 8), fb.LeakyReLU(0.2))),
@@ -162,8 +162,18 @@ def _every_node(dtype):
         fb.Linear(8, 8), fb.GELU(), fb.Identity(), fb.MaxPool1d(2),
         fb.Linear(4, 6), fb.Softplus(), fb.PowerProduct(np.full((6, 4), 0.5)),
         fb.Linear(4, 6), fb.PairProduct(), fb.MaxOver([[0, 1], [1, 2], [0, 2]]),
-        fb.Linear(3, 3), fb.Exp(), fb.Dropout(0.5), fb.Linear(3, 3), fb.Softmax(), dtype=dtype,
-        seed=8)
+        fb.Linear(3, 3), fb.Exp(), fb.Dropout(0.5), fb.Linear(3, 5), fb.LayerNorm(5),
+        fb.BatchNorm1d(5), fb.Linear(5, 3), fb.LayerNorm(3, affine=False), fb.Softmax(),
+        dtype=dtype, seed=8)
+    rng = np.random.default_rng(3)
+    for node in net.walk():  # statistics and gains other than their initial 0 and 1
+        if isinstance(node, fb.BatchNorm1d):
+            node.running_mean[...] = rng.normal(size=node.n)
+            node.running_var[...] = rng.uniform(0.5, 2.0, size=node.n)
+        if isinstance(node, (fb.BatchNorm1d, fb.LayerNorm)) and node.affine:
+            node.g[...] = rng.uniform(0.5, 2.0, size=node.n)
+            node.b[...] = rng.normal(size=node.n)
+    return net
 
 
 @pytest.mark.parametrize("opset", [13, 17, 18, 20, 21])
