@@ -370,12 +370,12 @@ class Sequential(Node):
     def _loss_and_grad(self, X, target, loss, need_dx=True, train=None, weights=None):
         train = self.training if train is None else train
         Y, ctxs = self._apply(X, train)
-        fused = loss.fused(self.nodes[-1], ctxs[-1], target, weights)
+        fused = _weighed(loss.fused, weights, self.nodes[-1], ctxs[-1], target)
         if fused is not None:
             value, dz = fused
             dX = self._backprop(ctxs, dz, need_dx, start=len(self.nodes) - 2)
         else:
-            value, dY = loss.value_and_grad(Y, target, weights)
+            value, dY = _weighed(loss.value_and_grad, weights, Y, target)
             dX = self._backprop(ctxs, dY, need_dx)
         self._ctx, self._out_shape, self._last_output = ctxs, Y.shape, Y
         return value, dX
@@ -418,9 +418,15 @@ class Sequential(Node):
 
     def _loss_value(self, X, target, loss, train=False, weights=None):
         Y, ctxs = self._apply(X, train)
-        fused = loss.fused(self.nodes[-1], ctxs[-1], target, weights)
+        fused = _weighed(loss.fused, weights, self.nodes[-1], ctxs[-1], target)
         return (fused[0] if fused is not None else
-                loss.value_and_grad(Y, target, weights)[0]), ctxs
+                _weighed(loss.value_and_grad, weights, Y, target)[0]), ctxs
+
+
+def _weighed(method, weights, *args):
+    """A divergence's ``method(*args)``, with the sample weights if there are any (a user's
+    divergence written before weights existed takes no ``weights`` argument)."""
+    return method(*args) if weights is None else method(*args, weights)
 
 
 def not_finite(net, loss):

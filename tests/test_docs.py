@@ -32,8 +32,9 @@ def test_readme_has_python_blocks():
 def test_readme_python_block_runs_on_its_own(line, code, tmp_path, monkeypatch):
     # Each block in a fresh namespace, as a user pastes it into a new session, in an empty
     # folder (blocks write files); with the epochs and sizes the README shows.
-    if re.search(r"^import torch", code, re.M):
-        pytest.importorskip("torch")
+    for optional in ("torch", "onnxruntime"):
+        if re.search(rf"^import {optional}", code, re.M):
+            pytest.importorskip(optional)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{README}:{line}", "exec"), {"__name__": "__readme__"})
 

@@ -173,7 +173,7 @@ def test_gradcheck_fails_when_only_dW_is_wrong(rng, monkeypatch):
 def test_gradcheck_fails_when_the_fused_gradient_is_wrong(rng, monkeypatch):
     method = fb.KL.fused
 
-    def patched(self, node, ctx, target):
+    def patched(self, node, ctx, target):  # as a divergence written before sample weights
         out = method(self, node, ctx, target)
         return None if out is None else (out[0], out[1] * 1.01)
 

@@ -671,22 +671,8 @@ def _fit_lbfgs_with_scipy(self, X, target, weights=None):
     """fastbp.sklearn._BaseMLP._fit_lbfgs as it was, on scipy.optimize's L-BFGS-B."""
     net, loss = self.network_, self._loss()
     n, scale = X.shape[0], self._scale()
-    mask = np.zeros(net.flat_params.size, bool)
-    o = 0
-    for p, name in zip(net.params, net.param_names):
-        if name.endswith(".W"):
-            mask[o:o + p.size] = True
-        o += p.size
+    value_and_grad = _sklearn_objective(net, X, target, loss, self.alpha)
     X = np.ascontiguousarray(X, dtype=net.dtype)
-
-    def value_and_grad(p):
-        net.flat_params[...] = p
-        value = net.loss_and_grad(X, target, loss)
-        W = p[mask]
-        g = net.flat_grads.astype(np.float64)
-        g[mask] += self.alpha * W / n
-        return value + 0.5 * self.alpha * float(W @ W) / n, g
-
     res = so.minimize(
         value_and_grad, net.flat_params.astype(np.float64), method="L-BFGS-B", jac=True,
         options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
