@@ -165,8 +165,10 @@ class Plan:
 
     def step(self, net, X, target, loss, optimizer, rows, count, weights=None):
         """One optimizer step on the global batch ``rows``; returns (its mean loss, rows right).
-        Each block's gradient, a mean over its rows, counts by the block's share of the
-        batch's weight (its rows, or with ``weights`` the sum of their sample weights)."""
+        Each block's gradient counts by the block's share of the batch's weight (its rows, or
+        with ``weights`` the sum of their sample weights): the engine computes that share
+        directly, into the block's place; node by node it is the block's mean times its
+        share."""
         B, P = rows.shape[0], net.flat_params.size
         weight = float(B) if weights is None else KDiv.total(weights[rows])
         n = -(-B // self.block_rows)
@@ -176,40 +178,44 @@ class Plan:
             if self.deterministic else [(b0 * self.block_rows, b1 * self.block_rows)]
         every = self._buffer(("blocks", n, P, net.dtype.str), (n, P), net.dtype) \
             if self.deterministic else None
-        mine = None if self.deterministic else \
-            self._buffer(("sum", P, net.dtype.str), (P,), net.dtype)
-        values, right, err = np.zeros(len(spans)), 0, None
+        g = net.flat_grads
+        # this rank's blocks' shares of the loss, then rows right and whether it failed
+        mine, err = np.zeros(len(spans) + 2), None
         try:
             for k, (lo, hi) in enumerate(spans):
                 idx = rows[lo:hi]
+                dest = every[b0 + k] if self.deterministic else g
                 if idx.shape[0] == 0:
-                    mine[...] = 0
+                    dest[...] = 0
                     continue
-                wb = None if weights is None else weights[idx]
                 if self.use_engine:
-                    v, r, _ = engine.gradient(net, X, target, loss, optimizer, idx, count,
-                                              weights)
+                    mine[k], r, _ = engine.gradient(net, X, target, loss, optimizer, idx, count,
+                                                    weights, norm=weight, grads=dest)
                 else:
+                    wb = None if weights is None else weights[idx]
                     tb = target[idx]
+                    # a built-in divergence computes the block's share as the engine does
+                    norm = weight if loss.built_in() else None
                     v, _ = net._loss_and_grad(np.ascontiguousarray(X[idx], net.dtype), tb,
                                               loss, need_dx=False, weights=wb,
-                                              train=net.step_mode(optimizer))
+                                              train=net.step_mode(optimizer), norm=norm)
                     r = correct(net._last_output, tb) if count else 0
-                # the rows' share of the batch's mean
-                w = (idx.shape[0] if wb is None else KDiv.total(wb)) / weight
-                np.multiply(net.flat_grads, net.dtype.type(w),
-                            out=every[b0 + k] if self.deterministic else mine)
-                values[k] = v * w
-                right += r
+                    share = 1.0 if norm else (idx.shape[0] if wb is None else
+                                              KDiv.total(wb)) / weight
+                    if dest is not g or share != 1:
+                        np.multiply(g, net.dtype.type(share), out=dest)
+                    mine[k] = v * share
+                mine[-2] += r
         except Exception as e:  # noqa: BLE001 - announced to every rank below
             err = e
-        parts = self.comm.allgather((values, right, _announce(err)))
-        _raise_any(self.comm, [a for _, _, a in parts], err)
+        mine[-1] = err is not None
+        parts = self._exchange(mine, n)
+        if any(p[-1] for p in parts):  # some rank failed: every rank raises the first error
+            _raise_any(self.comm, self.comm.allgather(_announce(err)), err)
         value = 0.0
-        for v, _, _ in parts:  # block order: rank by rank, each rank's blocks in order
-            for x in v:
+        for p in parts:  # block order: rank by rank, each rank's blocks in order
+            for x in p[:-2]:
                 value += x
-        g = net.flat_grads
         if self.deterministic:
             if self.size > 1:  # every rank's blocks into their places, in place
                 from mpi4py import MPI
@@ -221,12 +227,28 @@ class Plan:
             g[...] = every[0]
             for j in range(1, n):
                 g += every[j]
-        else:
-            self.comm.Allreduce(mine, g)
+        elif self.size > 1:
+            from mpi4py import MPI
+
+            self.comm.Allreduce(MPI.IN_PLACE, g)
         if not (np.isfinite(value) and _checks.all_finite(g)):
             raise TrainingError(not_finite(net, loss))
         optimizer.step(net)
-        return value, sum(r for _, r, _ in parts)
+        return value, int(sum(p[-2] for p in parts))
+
+    def _exchange(self, mine, n):
+        """Every rank's ``mine`` (its blocks' loss shares, rows right, failed), by rank: one
+        float64 Allgatherv of a few numbers (no pickling)."""
+        if self.size == 1:
+            return [mine]
+        from mpi4py import MPI
+
+        counts = [self.blocks(n, r)[1] - self.blocks(n, r)[0] + 2 if self.deterministic else 3
+                  for r in range(self.size)]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        out = np.empty(int(sum(counts)))
+        self.comm.Allgatherv([mine, MPI.DOUBLE], [out, counts, list(starts), MPI.DOUBLE])
+        return [out[a:a + c] for a, c in zip(starts, counts)]
 
     def _buffer(self, key, shape, dtype):
         """A buffer kept from step to step (a new one each step costs its page faults: 336 MB

@@ -438,11 +438,13 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, 
     return outs[:done]
 
 
-def gradient(net, X, target, loss, opt, order, count=False, weights=None):
-    """The mean loss over the rows ``X[order]`` and its gradient (into ``net.flat_grads``), in
-    compiled code, with no update: a training step's program without its last call. Returns
-    (loss, rows classified right if ``count``, the rows' weight: their number or the sum of
-    their sample weights)."""
+def gradient(net, X, target, loss, opt, order, count=False, weights=None, norm=None, grads=None):
+    """The mean loss over the rows ``X[order]`` and its gradient (into ``net.flat_grads``, or
+    ``grads``), in compiled code, with no update: a training step's program without its last
+    call. With ``norm`` (the weight of a larger batch the rows are part of, an MPI step's) the
+    gradient and the loss are the rows' share of that batch's mean. Returns (loss, rows
+    classified right if ``count``, the rows' weight: their number or the sum of their sample
+    weights)."""
     tape, (kind, fused), (code, hyper, states) = check_supported(net, loss, target, opt)
     rows = len(order)
     tape.check_rows(rows)
@@ -452,8 +454,17 @@ def gradient(net, X, target, loss, opt, order, count=False, weights=None):
     prog, _ = tape.step_program(ws, rows, (kind, fused), last, code, labels, count,
                                 weights is not None)
     ws.ctx[KE.LO], ws.ctx[KE.RIGHT], ws.ctx[KE.STEP] = 0, 0, opt.t + 1
-    KE.run(prog[:-1], rows)  # the update is the last call
-    _forget(ws)
+    if grads is not None:
+        if grads.shape != net.flat_grads.shape or grads.dtype != net.dtype or \
+                not grads.flags.c_contiguous:
+            raise ValueError("grads must be a C-contiguous array like net.flat_grads")
+        ws.ctx[KE.GRADS], ws.bound = grads.ctypes.data, None  # re-pointed by the next call
+    ws.fscal[KE.NORM] = 0.0 if norm is None else float(norm)
+    try:
+        KE.run(prog[:-1], rows)  # the update is the last call
+    finally:
+        ws.fscal[KE.NORM] = 0.0
+        _forget(ws)
     return float(ws.fscal[KE.LOSS]), int(ws.ctx[KE.RIGHT]), float(ws.fscal[KE.WSUM])
 
 

@@ -39,15 +39,18 @@ class Divergence:
         target = self.target(d, Y.shape[0], Y.shape[1], dtype)
         return Y, target, _checks.sample_weight(sample_weight, Y.shape[0])
 
-    def value_and_grad(self, Y, target, weights=None):
+    def value_and_grad(self, Y, target, weights=None, norm=None):
         """(mean divergence, dLoss/dY) for a prepared target and weights (None: unweighted;
-        else float64 weights as ``_checks.sample_weight`` gives them)."""
+        else float64 weights as ``_checks.sample_weight`` gives them). With ``norm``, the
+        weight of a larger batch these rows are part of: their share of its mean and of its
+        gradient (an MPI step's block, as the engine's loss op computes it)."""
         div = np.empty(Y.shape[0], np.float64)
         dY = np.empty_like(Y)
-        self._kernel(target)(Y, target, div, dY, _scale(Y.shape[0], weights))
-        return _mean(div, dY, weights), dY
+        scale = _scale(Y.shape[0], weights, norm)
+        self._kernel(target)(Y, target, div, dY, scale)
+        return _mean(div, dY, weights, norm, scale), dY
 
-    def fused(self, node, ctx, target, weights=None):
+    def fused(self, node, ctx, target, weights=None, norm=None):
         """(value, dLoss/dz) through the fused stable form when ``node`` ends the network and
         this divergence fuses with it; else None."""
         if self.fuses_with is None or type(node) is not self.fuses_with:
@@ -55,16 +58,23 @@ class Divergence:
         z, y = ctx
         div = np.empty(z.shape[0], np.float64)
         dz = np.empty_like(z)
-        self._fused_kernel(target)(z, y, target, div, dz, _scale(z.shape[0], weights))
-        return _mean(div, dz, weights), dz
+        scale = _scale(z.shape[0], weights, norm)
+        self._fused_kernel(target)(z, y, target, div, dz, scale)
+        return _mean(div, dz, weights, norm, scale), dz
+
+    def built_in(self):
+        """Whether this is one of fastbp's divergences, computing through ``_kernel`` as the
+        engine does (not a user's subclass)."""
+        cls = type(self)
+        return hasattr(cls, "_kernel") and cls.value_and_grad is Divergence.value_and_grad \
+            and cls.fused is Divergence.fused and cls.__module__.startswith("fastbp.")
 
     def engine_loss(self, last, target):
         """The engine's loss stage after the node ``last``: (leaf kernel, fused), the same
         kernels as ``value_and_grad`` and ``fused``; ``Unsupported`` for a divergence that
         computes otherwise (a user's subclass)."""
         cls = type(self)
-        if not hasattr(cls, "_kernel") or cls.value_and_grad is not Divergence.value_and_grad \
-                or cls.fused is not Divergence.fused or not cls.__module__.startswith("fastbp."):
+        if not self.built_in():
             raise Unsupported(f"{cls.__name__} is not a built-in divergence")
         if self.fuses_with is not None and type(last) is self.fuses_with:
             return self._fused_kernel(target), True
@@ -101,15 +111,19 @@ def correct_rows(Y, target):
     return Y.argmax(axis=1) == (target if target.ndim == 1 else target.argmax(axis=1))
 
 
-def _scale(rows, weights):
+def _scale(rows, weights, norm=None):
+    """The gradient's scale, as the engine's loss op: 1 / norm, or 1 / the rows' weight."""
+    if norm:
+        return 1.0 / norm
     return 1.0 / rows if weights is None else KDiv.weight_scale(KDiv.total(weights))
 
 
-def _mean(div, grad, weights):
-    """The batch's (weighted) mean divergence; with weights, ``grad``'s rows are weighted too."""
-    if weights is None:
-        return KDiv.mean(div)
-    return KDiv.weighted_mean(div, grad, weights, _scale(div.shape[0], weights))
+def _mean(div, grad, weights, norm, scale):
+    """The batch's (weighted) mean divergence, or with ``norm`` its share of the larger
+    batch's; with weights, ``grad``'s rows are weighted too."""
+    if weights is not None:
+        return KDiv.weighted_mean(div, grad, weights, scale)
+    return KDiv.total(div) * scale if norm else KDiv.mean(div)
 
 
 def correct(Y, target):

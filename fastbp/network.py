@@ -367,15 +367,16 @@ class Sequential(Node):
         mode the step's number t >= 1 (what ``Dropout`` keys its masks by), else False."""
         return optimizer.t + 1 if self.training else False
 
-    def _loss_and_grad(self, X, target, loss, need_dx=True, train=None, weights=None):
+    def _loss_and_grad(self, X, target, loss, need_dx=True, train=None, weights=None,
+                       norm=None):
         train = self.training if train is None else train
         Y, ctxs = self._apply(X, train)
-        fused = _weighed(loss.fused, weights, self.nodes[-1], ctxs[-1], target)
+        fused = _weighed(loss.fused, weights, norm, self.nodes[-1], ctxs[-1], target)
         if fused is not None:
             value, dz = fused
             dX = self._backprop(ctxs, dz, need_dx, start=len(self.nodes) - 2)
         else:
-            value, dY = _weighed(loss.value_and_grad, weights, Y, target)
+            value, dY = _weighed(loss.value_and_grad, weights, norm, Y, target)
             dX = self._backprop(ctxs, dY, need_dx)
         self._ctx, self._out_shape, self._last_output = ctxs, Y.shape, Y
         return value, dX
@@ -418,14 +419,16 @@ class Sequential(Node):
 
     def _loss_value(self, X, target, loss, train=False, weights=None):
         Y, ctxs = self._apply(X, train)
-        fused = _weighed(loss.fused, weights, self.nodes[-1], ctxs[-1], target)
+        fused = _weighed(loss.fused, weights, None, self.nodes[-1], ctxs[-1], target)
         return (fused[0] if fused is not None else
-                _weighed(loss.value_and_grad, weights, Y, target)[0]), ctxs
+                _weighed(loss.value_and_grad, weights, None, Y, target)[0]), ctxs
 
 
-def _weighed(method, weights, *args):
-    """A divergence's ``method(*args)``, with the sample weights if there are any (a user's
-    divergence written before weights existed takes no ``weights`` argument)."""
+def _weighed(method, weights, norm, *args):
+    """A divergence's ``method(*args)``, with the sample weights and ``norm`` if there are any
+    (a user's divergence written before weights existed takes neither)."""
+    if norm is not None:
+        return method(*args, weights, norm)
     return method(*args) if weights is None else method(*args, weights)
 
 

@@ -17,9 +17,9 @@ def data(rows=300, seed=0):
     return X, d
 
 
-def net(fb):
-    return fb.Sequential(fb.Linear(12, 16), fb.Tanh(), fb.Linear(16, 3), fb.Softmax(),
-                         dtype=np.float32, seed=0)
+def net(fb, dropout=0.0):
+    return fb.Sequential(fb.Linear(12, 16), fb.Tanh(), fb.Dropout(dropout), fb.Linear(16, 3),
+                         fb.Softmax(), dtype=np.float32, seed=0)
 
 
 def main(config_path, out):
@@ -35,7 +35,9 @@ def main(config_path, out):
     if cfg.get("fault") == "nan" and rank == 1:
         X = X.copy()
         X[5, 2] = np.nan  # a bad shard on one rank only
-    model = net(fb)
+    model = net(fb, cfg.get("dropout", 0.0))
+    weights = np.random.default_rng(1).uniform(0, 2, X.shape[0]) if cfg.get("weighted") \
+        else None
     callbacks = []
     if cfg.get("fault") == "kill" and rank == 1:
         callbacks.append(lambda epoch, h, n: os.kill(os.getpid(), signal.SIGKILL))
@@ -51,7 +53,8 @@ def main(config_path, out):
                    epochs=cfg.get("epochs", 2), tol=None, progress=False, callbacks=callbacks,
                    comm=comm, deterministic=cfg.get("det", True),
                    block_rows=cfg.get("block", 16), checkpoint=cfg.get("checkpoint"),
-                   resume=cfg.get("resume"), seed=3, engine=cfg.get("engine", "auto"))
+                   resume=cfg.get("resume"), seed=3, engine=cfg.get("engine", "auto"),
+                   sample_weight=weights)
         status.update(ok=True, loss=h.loss, accuracy=h.accuracy)
     except Exception as e:  # noqa: BLE001 - the test reads what each rank raised
         status.update(ok=False, error=type(e).__name__, message=str(e))

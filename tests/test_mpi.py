@@ -55,6 +55,21 @@ def test_the_engine_and_node_by_node_give_the_same_bits(tmp_path):
     np.testing.assert_array_equal(compiled["params"], nodes["params"])
 
 
+@pytest.mark.parametrize("cfg", [dict(weighted=True), dict(dropout=0.3),
+                                 dict(weighted=True, dropout=0.3, engine=False)],
+                         ids=["weighted", "dropout", "both-node-by-node"])
+def test_sample_weights_and_dropout_are_bit_identical_for_1_and_2_ranks(tmp_path, cfg):
+    """Each block's weighted share of the batch, and dropout masks keyed by the step and the
+    block's rows: the same bits on any number of ranks."""
+    _, _, one = run(tmp_path, 1, name="one", **cfg)
+    p, statuses, two = run(tmp_path, 2, name="two", **cfg)
+    assert p.returncode == 0 and all(s["ok"] for s in statuses), p.stderr[-2000:]
+    np.testing.assert_array_equal(two["params"], one["params"])
+    np.testing.assert_array_equal(two["loss"], one["loss"])
+    _, _, plain = run(tmp_path, 1, name="plain")
+    assert not np.array_equal(plain["params"], one["params"])  # they change the training
+
+
 def test_results_do_not_depend_on_threads_per_rank(tmp_path):
     _, _, a = run(tmp_path, 1, threads=2, name="t2")
     _, _, b = run(tmp_path, 2, threads=1, name="t1")

@@ -38,9 +38,11 @@ N_CTX = 32
 # HYPER, float64: the optimizer's own hyper-parameters, then at CLIP the gradient's clip norm.
 N_HYPER, CLIP = 6, 5
 # FSCAL, float64: the epoch's learning rate, the batch's loss, whether its gradient is finite,
-# and the batch's weight (its rows, or the sum of their sample weights).
-LR, LOSS, FINITE, WSUM = range(4)
-N_FSCAL = 4
+# the batch's weight (its rows, or the sum of their sample weights), and NORM: 0, or the weight
+# of a larger batch these rows are part of (a block of an MPI step), which then scales the
+# gradient and LOSS (the rows' share of that batch's mean loss).
+LR, LOSS, FINITE, WSUM, NORM = range(5)
+N_FSCAL = 5
 # An op's row: activation offsets in and out, gradient offsets in and out (-1: none), widths,
 # parameter offsets of W and b (-1: none), three auxiliary fields (say which in the op's
 # kernels), and the op's index into FP (its float parameter).
@@ -266,14 +268,16 @@ def loss(ctx, op, rows):
     """The batch's mean divergence into FSCAL[LOSS] and its gradient, by KERNEL(Y, target, div,
     dY, 1 / rows) into GOUT or, FUSED, by KERNEL(z, Y, target, div, dz, 1 / rows) into GIN (z the
     last op's input at IN); the target is the labels (BY_LABEL) or the target rows. WEIGHTED:
-    the weighted mean by the batch's weights in BW, as ``Divergence.value_and_grad``."""
+    the weighted mean by the batch's weights in BW, as ``Divergence.value_and_grad``. With
+    FSCAL[NORM] > 0 the scale is 1 / NORM, and LOSS the rows' share of that batch's mean."""
     c, o = _fields(ctx, op)
     n = o[N_OUT]
     Y, dv = _mat(c[ACT], o[OUT], rows, n, DT), _vec(c[DIV], 0, rows, np.float64)
     fs, bw = _vec(c[FSCAL], 0, N_FSCAL, np.float64), _vec(c[BW], 0, rows if WEIGHTED else 0,
                                                           np.float64)
     wsum = KDiv.total(bw) if WEIGHTED else float(rows)
-    scale = KDiv.weight_scale(wsum) if WEIGHTED else 1.0 / rows
+    norm = fs[NORM]
+    scale = 1.0 / norm if norm > 0 else KDiv.weight_scale(wsum) if WEIGHTED else 1.0 / rows
     g = _mat(c[GRAD], o[GIN] if FUSED else o[GOUT], rows, n, DT)
     if FUSED and BY_LABEL:
         KERNEL(_mat(c[ACT], o[IN], rows, n, DT), Y, _ints(c[BLABELS], 0, rows), dv, g, scale)
@@ -287,7 +291,7 @@ def loss(ctx, op, rows):
     if WEIGHTED:
         fs[LOSS] = KDiv.weighted_mean(dv, g, bw, scale)
     else:
-        fs[LOSS] = KDiv.mean(dv)
+        fs[LOSS] = KDiv.mean(dv) if norm == 0 else KDiv.total(dv) * scale
     fs[WSUM] = wsum
 
 
