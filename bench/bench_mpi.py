@@ -84,7 +84,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="W3b,W4")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=None, help="steps per run (W3b 40, W4 6)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per run (W3b 200, W4 6)")
     ap.add_argument("--modes", default="deterministic,allreduce")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
@@ -94,7 +94,7 @@ def main(argv=None):
     out = {"cpu": cpu, "results": {}}
     for w in args.only.split(","):
         sizes, batch = WORK[w]
-        steps = args.steps or (40 if w == "W3b" else 6)
+        steps = args.steps or (200 if w == "W3b" else 6)
         for det in [m == "deterministic" for m in args.modes.split(",")]:
             rows = {label: [] for label, *_ in CASES}
             for r in range(args.rounds):

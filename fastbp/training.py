@@ -285,9 +285,7 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
         if bar is not None:
             bar.close()
     if patience is not None and restore_best and best[1] is not None:
-        net.flat_params[...] = best[1]
-        if best[2] is not None and best[2].size:  # running statistics of that epoch
-            io.set_buffers(net, best[2])
+        _restore(net, best)
     return history
 
 
@@ -326,7 +324,7 @@ def _fit_lbfgs(net, X, target, weights, loss, opt, epochs, tol, validation, call
                min_delta, restore_best):
     """``fit`` with ``fb.LBFGS``: each iteration is an epoch of the history (its loss, the
     validation loss, the stopping rules and callbacks after it), at most ``epochs`` of them."""
-    history, best = History(), (math.inf, None)
+    history, best = History(), (math.inf, None, None)
     net.train()
     run = copy.copy(opt)
     run.maxiter = min(opt.maxiter, epochs)
@@ -342,14 +340,14 @@ def _fit_lbfgs(net, X, target, weights, loss, opt, epochs, tol, validation, call
         net.flat_params[...] = it.x
         history.loss.append(float(it.fun))
         history.lr.append(math.nan)  # a line search, no learning rate
-        if validation:
+        if validation is not None:
             Xv, tv, wv = validation
             history.val_loss.append(net._loss_value(Xv, tv, loss, weights=wv)[0])
             vacc = accuracy_of(net, Xv, tv, loss, wv)
             if vacc is not None:
                 history.val_accuracy.append(vacc)
             if history.val_loss[-1] < best[0] - min_delta:
-                best = (history.val_loss[-1], net.flat_params.copy())
+                best = (history.val_loss[-1], net.flat_params.copy(), io.flat_buffers(net))
                 history.best_epoch = it.nit - 1
         history.epoch_time.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
@@ -364,8 +362,15 @@ def _fit_lbfgs(net, X, target, weights, loss, opt, epochs, tol, validation, call
         history.stop_reason = "converged" if res.status == 0 else \
             "epochs" if res.status == 1 else res.message
     if patience is not None and restore_best and best[1] is not None:
-        net.flat_params[...] = best[1]
+        _restore(net, best)
     return history
+
+
+def _restore(net, best):
+    """Put back the parameters (and running statistics) of the best epoch."""
+    net.flat_params[...] = best[1]
+    if best[2] is not None and best[2].size:
+        io.set_buffers(net, best[2])
 
 
 def _fit_compiled(net, X, target, loss, optimizer, batch_size, start, epochs, tol, shuffle,
