@@ -254,7 +254,7 @@ class Plan:
         """A buffer kept from step to step (a new one each step costs its page faults: 336 MB
         of them per W4 step)."""
         if key not in self._buffers:
-            if len(self._buffers) >= 4:  # full and last batches, blocks and sums
+            if len(self._buffers) >= 4:  # the blocks of full and of last batches
                 self._buffers.clear()
             self._buffers[key] = np.empty(shape, dtype)
         return self._buffers[key]

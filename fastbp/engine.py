@@ -400,8 +400,8 @@ def _bind_batch(net, X, target, orders, batch, tape, hyper, states, weights=None
     c[KE.LABELS if labels else KE.D] = target.ctypes.data
     c[KE.BD] = ws.bd[width].ctypes.data
     c[KE.HYPER] = hyper.ctypes.data
-    c[KE.STATE1], c[KE.STATE2], c[KE.STATE3] = [states[min(k, len(states) - 1)].ctypes.data
-                                                for k in range(3)]
+    addresses = [a.ctypes.data for a in states]  # each looked up once (a costly attribute)
+    c[KE.STATE1], c[KE.STATE2], c[KE.STATE3] = addresses + addresses[-1:] * (3 - len(states))
     if weights is not None:
         weights = np.ascontiguousarray(weights, np.float64)
         c[KE.SW] = weights.ctypes.data
