@@ -193,7 +193,7 @@ class KL(Divergence):
                 raise TypeError(f"class labels d must be integers, got dtype {d.dtype}; "
                                 f"give probability rows as a 2-D array")
             _checks.check_rows(d, "d", rows, "input")
-            if d.size and (d.min() < 0 or d.max() >= width):
+            if d.size and not _checks.in_range(d, width):
                 bad = d[(d < 0) | (d >= width)][0]
                 raise ValueError(f"Target {bad} is out of bounds: labels must be in "
                                  f"[0, {width - 1}] for {width} outputs.")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from . import _checks, _config, engine, io
-from .errors import TrainingError
+from .errors import TrainingError, Unsupported
 from .kernels import divergences as KDiv
 from .nodes import Node
 
@@ -191,6 +191,7 @@ class Sequential(Node):
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_tapes", None)  # compiled tapes hold addresses; rebuilt on demand
+        state.pop("_walked", None)  # the copy's own nodes, walked on demand
         return state
 
     def __setstate__(self, state):
@@ -264,7 +265,10 @@ class Sequential(Node):
     # -- modes -----------------------------------------------------------------------------
     def train(self, mode=True):
         """Training mode (RReLU draws random slopes); returns the network."""
-        for node in self.walk():
+        nodes = self.__dict__.get("_walked")
+        if nodes is None:  # kept: a single-row train_step spent 6 us walking the nodes
+            nodes = self.__dict__["_walked"] = tuple(self.walk())
+        for node in nodes:
             node.training = bool(mode)
         return self
 
@@ -309,6 +313,12 @@ class Sequential(Node):
             raise ValueError(f"{name} has no rows (shape {X.shape})")
         return X
 
+    def _ready(self, X):
+        """Whether X needs no conversion: a C-contiguous 2-D array of the network's dtype and
+        width, with rows (its values still need checking)."""
+        return type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and \
+            X.shape[1] == self.n_in and X.shape[0] > 0 and X.flags.c_contiguous
+
     def forward(self, X):
         """Y = y_N for a batch X of shape (T, D_0); keeps what ``backward`` needs.
 
@@ -341,6 +351,11 @@ class Sequential(Node):
         layer), others node by node; both give the same numbers. An output that overflows to
         inf or NaN raises ``FloatingPointError`` naming where.
         """
+        if self._ready(X):  # one compiled call checks X, runs and checks the output
+            _config.use_num_threads()
+            Y = engine.predict(self, X)
+            if Y is not None:
+                return Y
         X = self._input(X)
         Y = engine.predict(self, X)
         Y = self._apply(X, False)[0] if Y is None else Y
@@ -388,17 +403,26 @@ class Sequential(Node):
         Refuses a step whose loss or gradient is NaN or inf (``fastbp.TrainingError``),
         leaving the parameters unchanged.
         """
-        X = self._input(X)
+        ready = self._ready(X)  # then the engine checks X's values
+        if ready:
+            _config.use_num_threads()
+        else:
+            X = self._input(X)
         T = X.shape[0]
         target = loss.target(d, T, self.n_out, self.dtype)
         weights = _checks.sample_weight(sample_weight, T)
         self.train()
-        if engine.chooses(self, loss, target, optimizer):
-            total, _, bad, _, _ = engine.run_epoch(self, X, target, loss, optimizer,
-                                                   np.arange(T), T, weights=weights)
+        try:
+            out = engine.run_epoch(self, X, target, loss, optimizer, np.arange(T), T,
+                                   weights=weights, check=ready)
+        except Unsupported:
+            out = None
+        if out is not None:
+            total, _, bad, _, _ = out
             if bad >= 0:
                 raise TrainingError(f"epoch 0, step 0: {not_finite(self, loss)}")
             return total / (T if weights is None else KDiv.total(weights))
+        X = self._input(X)  # raises if the engine found NaN or inf in X
         try:
             return self._node_step(X, target, loss, optimizer, weights)
         except TrainingError as e:

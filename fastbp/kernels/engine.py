@@ -358,13 +358,58 @@ def clip(ctx, op, rows):
 
 
 # ---------------------------------------------------------------------------------------------
-# The interpreter
+# The interpreter, and the calls that prepare it from Python
 # ---------------------------------------------------------------------------------------------
 @njit(**SERIAL)
 def run(prog, rows):
     """Every call of the program, in order, on ``rows`` rows."""
     for k in range(prog.shape[0]):
         call_op(prog[k, 0], prog[k, 1], prog[k, 2], rows)
+
+
+@njit(**SERIAL)
+def forward_rows(prog, X, act, out, Y):
+    """A forward pass of the rows of X: X into the input register (the start of ``act``), the
+    program, then the output register (from ``act[out]``) into Y. Returns 1, having run
+    nothing, if X holds NaN or inf; 2 if Y does; else 0 (a single-row predict pays one call
+    for all of it)."""
+    x = X.reshape(X.size)
+    if not KO._block_finite(x, 0, x.size):
+        return 1
+    for i in range(x.size):
+        act[i] = x[i]
+    run(prog, X.shape[0])
+    y = Y.reshape(Y.size)
+    for i in range(y.size):
+        y[i] = act[out + i]
+    return 0 if KO._block_finite(y, 0, y.size) else 2
+
+
+@njit(**SERIAL)
+def bind(ctx, x, target, orders, hyper, s1, s2, s3, weights, check):
+    """Point ctx at one call's arrays: x (the inputs), the targets (class labels, 1-D, or
+    rows), the orders of the rows, the optimizer's hyper-parameters and three state buffers,
+    and the sample weights (an empty array: none). With ``check``, returns 1 if x holds NaN or
+    inf, else 0. (Python pays 2-3 us to look up each address; this call, one dispatch.)"""
+    ctx[X] = x.ctypes.data
+    ctx[N_X] = x.shape[1]
+    if target.ndim == 1:
+        ctx[LABELS], ctx[D_W] = target.ctypes.data, 0
+    else:
+        ctx[D], ctx[D_W] = target.ctypes.data, target.shape[target.ndim - 1]
+    ctx[ORDER] = orders.ctypes.data
+    ctx[HYPER] = hyper.ctypes.data
+    ctx[STATE1], ctx[STATE2], ctx[STATE3] = s1.ctypes.data, s2.ctypes.data, s3.ctypes.data
+    if weights.size:
+        ctx[SW] = weights.ctypes.data
+    return 0 if not check or KO._block_finite(x.reshape(x.size), 0, x.size) else 1
+
+
+@njit(**SERIAL)
+def forget(ctx):
+    """Zero ctx's addresses of one call's arrays (see ``bind``)."""
+    for field in (X, ORDER, LABELS, D, HYPER, SW):
+        ctx[field] = 0
 
 
 @njit(**SERIAL)
