@@ -272,6 +272,23 @@ def _by_dtype(x, f32, f64):
     return lambda x, f32, f64: f64(np.float64(x))
 
 
+def in_python(kernel):
+    """``kernel`` (a dispatcher) as a plain Python function, calling its compiled callees as
+    plain Python too: for rules on a few integers that Python code asks (``dense_mode``),
+    where compiling them for Python's calls cost 0.6 s of a first fit and running them takes
+    microseconds. The compiled kernels keep calling the dispatcher: the same source."""
+    if kernel not in _in_python:
+        fn = kernel.py_func
+        names = {k: in_python(v) for k, v in fn.__globals__.items()
+                 if isinstance(v, numba.core.registry.CPUDispatcher) and k in fn.__code__.co_names}
+        _in_python[kernel] = types.FunctionType(fn.__code__, dict(fn.__globals__, **names),
+                                                fn.__name__, fn.__defaults__, fn.__closure__)
+    return _in_python[kernel]
+
+
+_in_python = {}
+
+
 def specialise(kernel, name, **consts):
     """``kernel`` (a dispatcher) compiled once more as ``name``, with the global names
     ``consts`` bound to the values given (numba compiles globals as constants: an activation

@@ -5,12 +5,14 @@ import threading
 
 import numpy as np
 
-from ._config import op_kernel, serial_twin_of
+from ._config import in_python, op_kernel, serial_twin_of
 from .errors import Unsupported
 from .kernels import dense as KD
 from .kernels import divergences as KDiv
 from .kernels import engine as KE
 from .kernels import optim as KO
+
+_dense_mode = in_python(KD.dense_mode)  # the compiled kernels' rule, asked from Python
 
 
 class Op:
@@ -37,7 +39,7 @@ class Op:
         choice depends on the sizes alone, as the per-node path's does, so both always run
         the same leaf kernel."""
         if self.linear:
-            mode = KD.dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            mode = _dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward, BLAS=False)
             return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward_blas if
@@ -51,7 +53,7 @@ class Op:
         """The compiled backward op (None: nothing to do, no gradient wanted)."""
         need_dy = bool(self.fields[KE.GIN] >= 0)
         if self.linear:
-            mode = KD.dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            mode = _dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
                                  KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
@@ -335,7 +337,7 @@ class Tape:
         thread too, in whose cache the gradient is: a single-row step of 784-256-10 took 328 us
         against 426 with them on two threads (medians of 3 runs, alternating; W3a 0.96x, W2
         1.02x)."""
-        return any(op.linear and KD.dense_mode(rows, op.fields[KE.N_OUT], op.fields[KE.N_IN])
+        return any(op.linear and _dense_mode(rows, op.fields[KE.N_OUT], op.fields[KE.N_IN])
                    == KD.BLAS_MODE for op in self.ops)
 
     def forward(self, X):

@@ -374,7 +374,7 @@ def forward_rows(prog, X, act, out, Y):
     nothing, if X holds NaN or inf; 2 if Y does; else 0 (a single-row predict pays one call
     for all of it)."""
     x = X.reshape(X.size)
-    if not KO._block_finite(x, 0, x.size):
+    if not KO.finite(x):
         return 1
     for i in range(x.size):
         act[i] = x[i]
@@ -382,7 +382,7 @@ def forward_rows(prog, X, act, out, Y):
     y = Y.reshape(Y.size)
     for i in range(y.size):
         y[i] = act[out + i]
-    return 0 if KO._block_finite(y, 0, y.size) else 2
+    return 0 if KO.finite(y) else 2
 
 
 @njit(**SERIAL)
@@ -402,7 +402,7 @@ def bind(ctx, x, target, orders, hyper, s1, s2, s3, weights, check):
     ctx[STATE1], ctx[STATE2], ctx[STATE3] = s1.ctypes.data, s2.ctypes.data, s3.ctypes.data
     if weights.size:
         ctx[SW] = weights.ctypes.data
-    return 0 if not check or KO._block_finite(x.reshape(x.size), 0, x.size) else 1
+    return 0 if not check or KO.finite(x.reshape(x.size)) else 1
 
 
 @njit(**SERIAL)

@@ -5,27 +5,19 @@ import math
 import numpy as np
 from numba import prange
 
-from .._config import PARALLEL, SERIAL, by_dtype, njit, serial_twin
+from .._config import PARALLEL, SERIAL, njit, serial_twin
 
 FINITE_BLOCK = 1 << 14  # elements per block of ``all_finite``
-
-
-@njit(**SERIAL)
-def _in_dtype(a, *values):
-    """``values`` (float64 scalars) converted to ``a``'s dtype: the updates compute in the
-    parameters' precision, as PyTorch, NumPy and scikit-learn do (float32 arithmetic ran the
-    single-row SGD step's pass over 203,530 parameters in half the time of float64's)."""
-    out = np.empty(len(values), a.dtype)
-    for i, v in enumerate(values):
-        out[i] = v
-    return out
 
 
 @njit(**PARALLEL)
 def sgd_step(p, g, v, lr, momentum, nesterov, weight_decay):
     """g' = g + wd p; v = mu v + g'; p -= lr (g' + mu v if nesterov else v) (PyTorch's SGD;
-    with mu = 0, plain gradient descent p -= lr g'), in p's precision."""
-    lr, momentum, weight_decay = _in_dtype(p, lr, momentum, weight_decay)
+    with mu = 0, plain gradient descent p -= lr g'), in p's precision (as PyTorch, NumPy and
+    scikit-learn compute: float32 arithmetic ran the single-row step's pass over 203,530
+    parameters in 0.77x the time of float64's, Adam's in 0.26x)."""
+    f = p.dtype.type
+    lr, momentum, weight_decay = f(lr), f(momentum), f(weight_decay)
     for i in prange(p.shape[0]):
         gi = g[i] + weight_decay * p[i]
         if momentum != 0:
@@ -39,9 +31,9 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     """AdamW: p -= lr wd p; m, v moving averages of g and g^2; p -= lr m^ / (sqrt(v^) + eps)
     with the bias corrections m^ = m / (1 - beta1^t), v^ = v / (1 - beta2^t) (computed in
     float64, then everything in p's precision)."""
-    lr, beta1, beta2, eps, decay, c1, c2, r1, r2 = _in_dtype(
-        p, lr, beta1, beta2, eps, lr * weight_decay, 1 - beta1 ** t, 1 - beta2 ** t,
-        1 - beta1, 1 - beta2)
+    f = p.dtype.type
+    decay, c1, c2 = f(lr * weight_decay), f(1 - beta1 ** t), f(1 - beta2 ** t)
+    lr, beta1, beta2, eps, r1, r2 = f(lr), f(beta1), f(beta2), f(eps), f(1 - beta1), f(1 - beta2)
     for i in prange(p.shape[0]):
         p[i] -= decay * p[i]
         m[i] = beta1 * m[i] + r1 * g[i]
@@ -55,8 +47,9 @@ def rmsprop_step(p, g, v, b, a, lr, alpha, eps, weight_decay, momentum, centered
     mean gradient a = alpha a + (1 - alpha) g' and v - a^2 in place of v; step = g' /
     (sqrt(v) + eps); with momentum, b = momentum b + step and p -= lr b, else p -= lr step
     (b and a are not touched without momentum or centering); in p's precision."""
-    lr, alpha, eps, weight_decay, momentum, rest = _in_dtype(
-        p, lr, alpha, eps, weight_decay, momentum, 1 - alpha)
+    f = p.dtype.type
+    lr, alpha, eps, weight_decay, rest = f(lr), f(alpha), f(eps), f(weight_decay), f(1 - alpha)
+    momentum = f(momentum)
     for i in prange(p.shape[0]):
         gi = g[i] + weight_decay * p[i]
         v[i] = alpha * v[i] + rest * gi * gi
@@ -97,31 +90,21 @@ def clip_by_norm(g, max_norm, partial):
 
 
 @njit(**SERIAL)
-def _bits_finite(bits, magnitude, inf):
-    """No element of ``bits`` (floats seen as unsigned ints) is NaN or inf: the largest
-    magnitude is below inf's bits. An integer max reduction vectorises, where a loop that
-    leaves at the first NaN does not (measured: 80 us against 31 for 203,530 float32)."""
-    m = bits.dtype.type(0)
-    for i in range(bits.shape[0]):
-        m = max(m, bits[i] & magnitude)
-    return m < inf
-
-
-@njit(**SERIAL)
-def _finite32(a):
-    return _bits_finite(a.view(np.uint32), np.uint32(0x7FFFFFFF), np.uint32(0x7F800000))
-
-
-@njit(**SERIAL)
-def _finite64(a):
-    return _bits_finite(a.view(np.uint64), np.uint64(0x7FFFFFFFFFFFFFFF),
-                        np.uint64(0x7FF0000000000000))
+def finite(a):
+    """The 1-D contiguous array ``a`` holds no NaN or inf: x - x is 0 for every finite x and
+    NaN for NaN and inf (never folded: no fastmath here). The comparisons and the 'and'
+    vectorise, with no early exit: 203,530 float32 in 20 us, where a max over the bit patterns
+    took 50 us and compiled a chain of five functions per dtype."""
+    ok = True
+    for i in range(a.shape[0]):
+        ok &= a[i] - a[i] == 0
+    return ok
 
 
 @njit(**SERIAL)
 def _block_finite(a, lo, hi):
-    """a[lo:hi] holds no NaN or inf (only a's width is compiled: ``by_dtype``)."""
-    return by_dtype(a[lo:hi], _finite32, _finite64)
+    """a[lo:hi] holds no NaN or inf."""
+    return finite(a[lo:hi])
 
 
 @njit(**PARALLEL)
