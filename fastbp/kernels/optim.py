@@ -32,7 +32,8 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     with the bias corrections m^ = m / (1 - beta1^t), v^ = v / (1 - beta2^t) (computed in
     float64, then everything in p's precision)."""
     f = p.dtype.type
-    decay, c1, c2 = f(lr * weight_decay), f(1 - beta1 ** t), f(1 - beta2 ** t)
+    # beta ** float(t): the C library's pow, as Python's (and PyTorch's) beta ** t computes
+    decay, c1, c2 = f(lr * weight_decay), f(1 - beta1 ** float(t)), f(1 - beta2 ** float(t))
     lr, beta1, beta2, eps, r1, r2 = f(lr), f(beta1), f(beta2), f(eps), f(1 - beta1), f(1 - beta2)
     for i in prange(p.shape[0]):
         p[i] -= decay * p[i]
