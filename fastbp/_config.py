@@ -5,11 +5,20 @@ Every ``@njit`` in :mod:`fastbp.kernels` takes its options from here (a test che
 - ``SERIAL``: cached, no Python objects, NumPy error model (1/0 gives inf, not an exception),
   and ``fastmath=False`` stated explicitly: numba lets a callee inherit any flag it leaves
   unset from the first caller that compiles it, so an ``ARITH`` caller would otherwise compile
-  a strict helper with reassociation (which breaks, e.g., exp's rounding trick).
+  a strict helper with reassociation (which breaks, e.g., exp's rounding trick). No C-function
+  wrapper: numba makes one for every function, for passing it as a first-class function value,
+  which fastbp never does (the engine's op kernels are ``cfunc``s of their own); leaving them
+  out cut a first fit's compiling by 1.6 s of 16.
 - ``INLINE``: ``SERIAL`` plus LLVM ``alwaysinline``, for the small scalar functions of
   :mod:`fastbp.kernels.fastmath` that sit in vectorised loops (a loop with a call in it does
   not vectorise; LLVM inlining keeps the callee's own strict floating-point flags, where
-  numba's ``inline='always'`` would recompile it with the caller's).
+  numba's ``inline='always'`` would recompile it with the caller's: measured, it also made
+  compiling slower, 19.5 s against 16). They keep their CPython wrapper: without it a call
+  from Python crashes the process instead of raising.
+- ``GLUE``: ``SERIAL`` inlined in numba's own IR, for the engine's few-line helpers that make
+  arrays from addresses: they are typed inside each caller and never compiled on their own
+  (called with constant arguments, each value was a specialisation of its own: 0.12-0.2 s
+  of compiling each, ten of them in a first fit). No floating-point arithmetic in them.
 - ``PARALLEL``: the same with ``parallel=True``; kernels use ``prange`` over the index that owns
   each write, so results do not depend on the number of threads.
 - ``OP``: the engine's op functions: ``njit(**OP)`` only marks them; ``op_kernel`` compiles
@@ -27,9 +36,13 @@ the one-thread copy of a parallel kernel that the engine uses for small ops.
 import contextlib
 import ctypes
 import hashlib
+import importlib
+import json
 import os
 import pathlib
 import pickle
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,7 +53,8 @@ import numba
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loads the OpenBLAS that numba's np.dot uses)
 from llvmlite import ir
-from numba.core import caching
+from numba.core import caching, sigutils
+from numba.core.ccallback import CFunc
 from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
@@ -182,9 +196,10 @@ def _kernel_cache():
 
 _FASTMATH = frozenset({"contract"})
 
-SERIAL = dict(cache=True, nogil=True, error_model="numpy", fastmath=False)
+SERIAL = dict(cache=True, nogil=True, error_model="numpy", fastmath=False, no_cfunc_wrapper=True)
 INLINE = dict(SERIAL, forceinline=True)
 PARALLEL = dict(SERIAL, parallel=True)
+GLUE = dict(SERIAL, inline="always")
 OP = dict(SERIAL, op=True)
 ARITH = dict(SERIAL, fastmath=set(_FASTMATH))
 
@@ -199,7 +214,9 @@ def njit(**flags):
             fn.op_flags = {k: v for k, v in flags.items() if k != "nogil"}
             return fn
         with _kernel_cache():
-            return numba.njit(**flags)(fn)
+            dispatcher = numba.njit(**flags)(fn)
+        _named[f"{fn.__module__}.{fn.__qualname__}"] = dispatcher
+        return dispatcher
 
     return decorate
 
@@ -208,26 +225,243 @@ OP_SIGNATURE = "void(int64, int64, int64)"
 
 
 def op_kernel(fn, dtype, **consts):
-    """The op function ``fn(ctx, op, rows)`` (marked ``@njit(**OP)``) compiled for ``dtype``
-    as a C function with its flags, for the engine to call by its address (see
+    """The op function ``fn(ctx, op, rows)`` (marked ``@njit(**OP)``) for ``dtype``, to be
+    compiled as a C function with its flags, for the engine to call by its address (see
     :mod:`fastbp.kernels.engine`): a copy of ``fn`` in which the global names DT and
     ``consts`` have the values given (numba compiles globals as constants: a leaf kernel, a
     flag, and drops branches on them before it types anything). The copy is named after the
-    values, so numba's cache keeps each apart. Compiled (or loaded from the cache) once per
-    process for each argument tuple."""
+    values, so numba's cache keeps each apart. Nothing is compiled until its ``address`` is
+    asked for, or ``compile_ops`` compiles a program's kernels together; then once per process
+    for each argument tuple."""
     key = (fn, dtype, tuple(consts.items()))
     if key not in _op_kernels:
-        consts = dict(DT=dtype, **consts)
-        name = "__".join([fn.__name__] + [getattr(v, "__name__", str(v)) for v in consts.values()])
-        copy = types.FunctionType(fn.__code__, dict(fn.__globals__, **consts), name)
-        copy.__qualname__, copy.__module__ = name, fn.__module__
-        flags = fn.op_flags if CACHE_DIR is not None else dict(fn.op_flags, cache=False)
-        with _kernel_cache():
-            _op_kernels[key] = numba.cfunc(OP_SIGNATURE, **flags)(copy)
+        _op_kernels[key] = OpKernel(fn, dtype, consts)
     return _op_kernels[key]
 
 
 _op_kernels = {}
+
+
+class OpKernel:
+    """One op function compiled, or loaded from the cache, on first use (see ``op_kernel``)."""
+
+    __slots__ = ("fn", "dtype", "consts", "_cfunc")
+
+    def __init__(self, fn, dtype, consts):
+        self.fn, self.dtype, self.consts, self._cfunc = fn, dtype, consts, None
+
+    def _make(self):
+        consts = dict(DT=self.dtype, **self.consts)
+        name = "__".join([self.fn.__name__] +
+                         [getattr(v, "__name__", str(v)) for v in consts.values()])
+        copy = types.FunctionType(self.fn.__code__, dict(self.fn.__globals__, **consts), name)
+        copy.__qualname__, copy.__module__ = name, self.fn.__module__
+        with _kernel_cache():
+            cfunc = CFunc(copy, sigutils.normalize_signature(OP_SIGNATURE), locals={},
+                          options={k: v for k, v in self.fn.op_flags.items()
+                                   if k not in ("cache", "no_cfunc_wrapper")})
+            if CACHE_DIR is not None:
+                cfunc.enable_caching()
+        return cfunc
+
+    @property
+    def compiled(self):
+        return self._cfunc is not None
+
+    @property
+    def address(self):
+        """The C function's address (compiling it, or loading it from the cache, first)."""
+        if self._cfunc is None:
+            cfunc = self._make()
+            cfunc.compile()
+            self._cfunc = cfunc
+        return self._cfunc.address
+
+    def cached(self):
+        """Whether the cache holds this kernel's machine code (True where that is unknown)."""
+        try:
+            cfunc = self._make()
+            index = cfunc._cache._cache_file._load_index()
+            return cfunc._cache._index_key(
+                cfunc._sig, cfunc._targetdescr.target_context.codegen()) in index
+        except Exception:  # numba's cache internals changed: compile in this process
+            return True
+
+    def spec(self):
+        """The kernel as names a fresh process resolves to the same objects (None if some
+        constant cannot be named): see ``compile_ops``."""
+        if getattr(sys.modules.get(self.fn.__module__), self.fn.__name__, None) is not self.fn:
+            return None
+        consts = {}
+        for k, v in self.consts.items():
+            if isinstance(v, numba.core.registry.CPUDispatcher):
+                name = f"{v.py_func.__module__}.{v.py_func.__qualname__}"
+                if _named.get(name) is not v:
+                    return None
+                consts[k] = {"kernel": name}
+            elif isinstance(v, (bool, int, float, str)):
+                consts[k] = {"value": v}
+            else:
+                return None
+        return {"module": self.fn.__module__, "fn": self.fn.__name__,
+                "dtype": np.dtype(self.dtype).name, "consts": consts}
+
+
+_named = {}  # every dispatcher ``njit`` made, by module and qualified name (``OpKernel.spec``)
+
+
+def _compile_jobs():
+    """How many processes compile a program's missing kernels at once: FASTBP_COMPILE_JOBS if
+    set, else the cores this process may run on."""
+    value = os.environ.get("FASTBP_COMPILE_JOBS")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ValueError(f"FASTBP_COMPILE_JOBS must be an integer, got {value!r}") from None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def compile_ops(kernels):
+    """Compile (or load from the cache) the op kernels ``kernels``; those the cache lacks in up
+    to ``FASTBP_COMPILE_JOBS`` processes at once (default: one per core).
+
+    numba compiles one function at a time in a process (its compiler holds a lock, and most of
+    the work is Python), and a program's kernels are independent C functions: 11 for a
+    64-64-10 tanh network, 14.4 s of its 16.8-s first fit. Fresh processes
+    (``python -m fastbp._compile``) and this one go down the list of missing kernels, each
+    compiling the next that no other has claimed (a file created exclusively), into the kernel
+    cache; this process then loads the others' from it. A helper that fails or runs over its
+    time leaves its kernels to this process, which compiles them itself (and raises any
+    error). The machine code is the same whichever process compiles it."""
+    todo = [k for k in dict.fromkeys(kernels) if not k.compiled]
+    with _sharing:
+        for shared in [s for s in _shared if any(k in s.kernels for k in todo)]:
+            shared.finish()
+        if len(todo) > 1:
+            _Shared.start(todo).finish()
+    for k in todo:
+        k.address
+
+
+def prefetch_ops(kernels):
+    """Start compiling those of the op kernels ``kernels`` that the cache lacks in other
+    processes, and return at once: ``compile_ops`` finishes the job, in this process too.
+    The first fit of a process calls it before compiling its other functions."""
+    with _sharing:
+        _Shared.start([k for k in dict.fromkeys(kernels) if not k.compiled])
+
+
+class _Shared:
+    """The kernels of one compile shared with helper processes (see ``compile_ops``)."""
+
+    def __init__(self, kernels, helpers):
+        self.kernels = kernels
+        self.claims = tempfile.mkdtemp(prefix=".claims-", dir=CACHE_DIR)
+        job = {"cache_dir": CACHE_DIR, "config": _compiler_config(), "claims": self.claims,
+               "kernels": [[i, s] for i, s in enumerate(k.spec() for k in kernels)
+                           if s is not None]}
+        self.procs = [p for p in (_start_helper(job) for _ in range(helpers)) if p is not None]
+        _shared.append(self)
+
+    @classmethod
+    def start(cls, kernels):
+        """Start helpers on those of ``kernels`` the cache lacks (if there are some and more
+        than one process may compile); returns the compile, or a no-op's."""
+        jobs = min(_compile_jobs(), len(kernels))
+        if jobs < 2 or CACHE_DIR is None or not sys.executable:
+            return _NO_SHARE
+        missing = [k for k in kernels if not k.cached()]
+        if len(missing) < 2:
+            return _NO_SHARE
+        return cls(missing, min(jobs, len(missing)) - 1)
+
+    def finish(self):
+        """Compile the kernels no helper has claimed, then wait for the helpers."""
+        try:
+            for i, k in enumerate(self.kernels):
+                if _claim(self.claims, i):
+                    k.address
+            for proc in self.procs:
+                try:
+                    proc.wait(timeout=600)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            shutil.rmtree(self.claims, ignore_errors=True)
+            _shared.remove(self)
+
+
+class _NoShare:
+    def finish(self):
+        pass
+
+
+_NO_SHARE = _NoShare()
+_shared = []  # compiles started and not finished
+_sharing = threading.RLock()
+
+
+def _claim(claims, i):
+    """Whether this process is the first to claim kernel ``i`` of a shared compile."""
+    try:
+        os.close(os.open(os.path.join(claims, str(i)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # the folder is gone: the parent has finished
+        return False
+
+
+def _start_helper(job):
+    """A fresh process compiling the kernels of ``job`` into the cache (None if it cannot
+    start)."""
+    env = dict(os.environ, FASTBP_COMPILE_JOBS="1", NUMBA_NUM_THREADS="1")
+    try:
+        helper = subprocess.Popen([sys.executable, "-m", "fastbp._compile"], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        helper.stdin.write(json.dumps(job).encode())
+        helper.stdin.close()
+    except OSError:
+        return None
+    return helper
+
+
+def compile_specs(job):
+    """Compile the kernels of a parent's shared compile (see ``compile_ops``) that no other
+    process has claimed, into the cache; nothing if this process's cache or numba settings are
+    others (numba's cache key does not hold, e.g., bounds checking)."""
+    if job["cache_dir"] != CACHE_DIR or job["config"] != _compiler_config():
+        return
+    for i, spec in job["kernels"]:
+        if _claim(job["claims"], i):
+            from_spec(spec).address
+
+
+def _compiler_config():
+    """numba's settings that change compiled code, as text."""
+    return {name: repr(getattr(numba.config, name, None)) for name in
+            ("BOUNDSCHECK", "OPT", "DEBUGINFO_DEFAULT", "CPU_NAME", "CPU_FEATURES",
+             "THREADING_LAYER")}
+
+
+def from_spec(spec):
+    """The op kernel that ``OpKernel.spec`` named."""
+    consts = {}
+    for k, v in spec["consts"].items():
+        if "kernel" in v:
+            importlib.import_module(v["kernel"].rsplit(".", 1)[0])
+            consts[k] = _named[v["kernel"]]
+        else:
+            consts[k] = v["value"]
+    fn = getattr(importlib.import_module(spec["module"]), spec["fn"])
+    return op_kernel(fn, np.dtype(spec["dtype"]).type, **consts)
+
 
 
 @intrinsic

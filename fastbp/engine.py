@@ -3,9 +3,10 @@ and run epochs, training steps and predictions through it without Python per ste
 
 import threading
 
+import numba
 import numpy as np
 
-from ._config import in_python, op_kernel, serial_twin_of
+from ._config import compile_ops, in_python, op_kernel, prefetch_ops, serial_twin_of
 from .errors import Unsupported
 from .kernels import dense as KD
 from .kernels import divergences as KDiv
@@ -13,6 +14,7 @@ from .kernels import engine as KE
 from .kernels import optim as KO
 
 _dense_mode = in_python(KD.dense_mode)  # the compiled kernels' rule, asked from Python
+LOSS = "loss"  # in a program's calls, the loss op (see ``Tape._calls``)
 
 
 class Op:
@@ -282,54 +284,64 @@ class Tape:
         ws.bound = (p, g)
 
     def _calls(self, ws, kernels):
+        """The program array for the calls ``kernels``: (kernel, op index, or LOSS for the
+        loss op, or None for no op), compiling the kernels not compiled yet."""
+        compile_ops([k for k, _ in kernels])
         ctx = ws.ctx.ctypes.data
-        return np.array([[k.address, ctx, op] for k, op in kernels], np.int64).reshape(-1, 3)
+        ops = {None: 0, LOSS: ws.loss_op.ctypes.data}
+        ops.update((k, ws.ops[k].ctypes.data) for k in range(len(ws.ops)))
+        return np.array([[k.address, ctx, ops[op]] for k, op in kernels],
+                        np.int64).reshape(-1, 3)
 
     def forward_program(self, ws, rows):
         """The calls of a forward pass of ``rows`` rows (kept per workspace)."""
         key = ("forward", rows)
         if key not in ws.programs:
-            dt = self.net.dtype.type
-            ws.programs[key] = self._calls(ws, self._forward_calls(ws, dt, rows))
+            ws.programs[key] = self._calls(ws, self._forward_kernels(self.net.dtype.type, rows))
         return ws.programs[key]
 
-    def _forward_calls(self, ws, dt, rows):
-        calls = [(op.forward_kernel(dt, rows), ws.ops[k].ctypes.data)
-                 for k, op in enumerate(self.ops)]
+    def _forward_kernels(self, dt, rows):
+        calls = [(op.forward_kernel(dt, rows), k) for k, op in enumerate(self.ops)]
         return [c for c in calls if c[0] is not None]
 
-    def step_program(self, ws, rows, loss, last, update, labels, count, weighted=False):
-        """A training step's calls on ``rows`` rows and how many come before the update: load
-        the batch, forward, the loss (weighted by sample weights if ``weighted``), backward
-        from op ``last`` down, the finite check; then the count of rows right (if ``count``),
-        the clipping of the gradient (if ``update`` says so) and the update. ``loss`` is (leaf
-        kernel, fused), ``update`` (op function, leaf kernel, clip)."""
-        key = ("step", rows, loss, last, update, labels, count, weighted)
-        if key in ws.programs:
-            return ws.programs[key]
-        dt, loss_op = self.net.dtype.type, ws.loss_op.ctypes.data
+    def step_program(self, ws, rows, *step):
+        """A training step's calls on ``rows`` rows (see ``step_kernels``; kept per workspace)
+        and how many come before the update."""
+        key = ("step", rows, *step)
+        if key not in ws.programs:
+            calls, n_pre = self.step_kernels(rows, *step)
+            ws.programs[key] = self._calls(ws, calls), n_pre
+        return ws.programs[key]
+
+    def step_kernels(self, rows, loss, last, update, labels, count, weighted=False):
+        """A training step's calls on ``rows`` rows (kernel and op, see ``_calls``) and how
+        many come before the update: load the batch, forward, the loss (weighted by sample
+        weights if ``weighted``), backward from op ``last`` down, the finite check; then the
+        count of rows right (if ``count``), the clipping of the gradient (if ``update`` says
+        so) and the update. ``loss`` is (leaf kernel, fused), ``update`` (op function, leaf
+        kernel, clip)."""
+        dt = self.net.dtype.type
         par = rows * self.n_out >= KE.PAR_MIN_WORK
-        calls = [(op_kernel(KE.load_batch, dt, BY_LABEL=labels, WEIGHTED=weighted), 0)]
-        calls += self._forward_calls(ws, dt, rows)
+        calls = [(op_kernel(KE.load_batch, dt, BY_LABEL=labels, WEIGHTED=weighted), None)]
+        calls += self._forward_kernels(dt, rows)
         calls.append((op_kernel(KE.loss, dt, KERNEL=loss[0] if par else serial_twin_of(loss[0]),
-                                FUSED=loss[1], BY_LABEL=labels, WEIGHTED=weighted), loss_op))
+                                FUSED=loss[1], BY_LABEL=labels, WEIGHTED=weighted), LOSS))
         for k in range(last, -1, -1):
             kernel = self.ops[k].backward_kernel(dt, rows)
             if kernel is not None:
-                calls.append((kernel, ws.ops[k].ctypes.data))
+                calls.append((kernel, k))
         par = self.net.flat_params.size >= KE.PAR_MIN_WORK and self._threaded(rows)
         calls.append((op_kernel(KE.finite, dt, KERNEL=KO.all_finite if par
-                                else KO.all_finite_serial), 0))
+                                else KO.all_finite_serial), None))
         n_pre = len(calls)
         if count:
-            calls.append((op_kernel(KE.correct, dt, BY_LABEL=labels), loss_op))
+            calls.append((op_kernel(KE.correct, dt, BY_LABEL=labels), LOSS))
         if update[2]:
             calls.append((op_kernel(KE.clip, dt, KERNEL=KO.clip_by_norm if par
-                                    else KO.clip_by_norm_serial), 0))
+                                    else KO.clip_by_norm_serial), None))
         calls.append((op_kernel(update[0], dt, KERNEL=update[1] if par
-                                else serial_twin_of(update[1])), 0))
-        ws.programs[key] = self._calls(ws, calls), n_pre
-        return ws.programs[key]
+                                else serial_twin_of(update[1])), None))
+        return calls, n_pre
 
     def _threaded(self, rows):
         """Whether a dense op of a step on ``rows`` rows runs on the threads. If none does, the
@@ -434,24 +446,42 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, 
     T = np.shape(orders)[1]
     tape.check_rows(batch)
     tape.check_rows(T % batch)
+    code = (*code, bool(hyper[KE.CLIP] > 0))
+    last = len(tape.ops) - (2 if fused else 1)
+    step = ((kind, fused), last, code, np.ndim(target) == 1, count, weights is not None)
+    if not _started:  # the first fit of the process: compile its kernels while binding
+        prefetch_ops([k for rows in {batch, T % batch} - {0}
+                      for k, _ in tape.step_kernels(rows, *step)[0]])
     ws, (X, target, orders, weights), labels = _bind_batch(net, X, target, orders, batch, tape,
                                                            hyper, states, weights, check)
     if ws is None:
         return None
-    code = (*code, bool(hyper[KE.CLIP] > 0))
-    last = len(tape.ops) - (2 if fused else 1)
-    weighted = weights is not None
-    full, n_pre = tape.step_program(ws, batch, (kind, fused), last, code, labels, count, weighted)
-    tail = tape.step_program(ws, T % batch, (kind, fused), last, code, labels, count,
-                             weighted)[0] if T % batch else full
     outs = np.zeros((len(lrs), 5), np.float64)
-    done = KE.train_epochs(ws.ctx, ws.fscal, full, tail, n_pre, orders, batch,
-                           np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
-                           np.nan if prev is None else float(prev), outs, opt.t,
-                           float(T) if weights is None else KDiv.total(weights))
+    args = (orders, batch, np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
+            np.nan if prev is None else float(prev), outs, opt.t,
+            float(T) if weights is None else KDiv.total(weights))
+    if not _started:
+        _start(ws, args)
+    full, n_pre = tape.step_program(ws, batch, *step)
+    tail = tape.step_program(ws, T % batch, *step)[0] if T % batch else full
+    done = KE.train_epochs(ws.ctx, ws.fscal, full, tail, n_pre, *args)
     KE.forget(ws.ctx)
     opt.t += int(sum(outs[:done, 1].tolist()))  # (a NumPy sum: 3 us of a one-row step)
     return outs[:done]
+
+
+_started = False  # whether a fit has compiled (or loaded) train_epochs in this process
+
+
+def _start(ws, args):
+    """Compile (or load) train_epochs for the arguments ``ws`` and ``args`` give it, with
+    empty programs: the first fit does it while other processes compile the step's kernels
+    (see ``_config.prefetch_ops``)."""
+    global _started
+    empty = np.zeros((0, 3), np.int64)
+    KE.train_epochs.compile(tuple(numba.typeof(a) for a in
+                                  (ws.ctx, ws.fscal, empty, empty, 0, *args)))
+    _started = True
 
 
 def gradient(net, X, target, loss, opt, order, count=False, weights=None, norm=None, grads=None):

@@ -11,8 +11,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "fastbp"
 
 # Bottom to top; a module may import its own layer and the layers below (docs/ARCHITECTURE.md).
 LAYERS = [
-    ("foundations", {"fastbp.errors", "fastbp._checks", "fastbp._config", "fastbp.datasets",
-                     "fastbp.gradcheck", "fastbp.kernels", "fastbp.kernels.*"}),
+    ("foundations", {"fastbp.errors", "fastbp._checks", "fastbp._config", "fastbp._compile",
+                     "fastbp.datasets", "fastbp.gradcheck", "fastbp.kernels", "fastbp.kernels.*"}),
     ("nodes", {"fastbp.nodes", "fastbp.vector", "fastbp.norm", "fastbp.losses", "fastbp.optim",
                "fastbp.lbfgs"}),
     ("engine", {"fastbp.engine"}),

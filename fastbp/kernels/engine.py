@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import carray
 
-from .._config import OP, SERIAL, call_op, njit, pointer
+from .._config import GLUE, OP, SERIAL, call_op, njit, pointer
 from . import divergences as KDiv
 from . import optim as KO
 
@@ -50,22 +50,22 @@ IN, OUT, GIN, GOUT, N_IN, N_OUT, W, B, A1, A2, A3, K = range(12)
 N_OP = 12
 
 
-@njit(**SERIAL)
+@njit(**GLUE)
 def _ints(addr, offset, n):
     return carray(pointer(addr, offset, np.int64), n)
 
 
-@njit(**SERIAL)
+@njit(**GLUE)
 def _vec(addr, offset, n, dt):
     return carray(pointer(addr, offset, dt), n)
 
 
-@njit(**SERIAL)
+@njit(**GLUE)
 def _mat(addr, offset, r, c, dt):
     return carray(pointer(addr, offset, dt), (r, c))
 
 
-@njit(**SERIAL)
+@njit(**GLUE)
 def _fields(ctx, op):
     return _ints(ctx, 0, N_CTX), _ints(op, 0, N_OP)
 

@@ -1,0 +1,128 @@
+"""Compiling a first fit's kernels in helper processes (``_config.compile_ops``): the numbers do
+not depend on which process compiled a kernel, helpers that fail leave their kernels to the
+parent, and every kernel the engine builds can be named to a fresh process."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp as fb
+from fastbp import _config
+from fastbp import engine as E
+
+# A first fit in a fresh process; prints a hash of the parameters, how many op kernels the
+# process loaded from the cache (the helpers' work) and how many it has.
+FIT = r'''
+import hashlib, json, subprocess, sys
+import numpy as np
+import fastbp as fb
+from fastbp import _config
+if sys.argv[1] == "failing":  # every helper dies at once
+    _config._start_helper = lambda job: subprocess.Popen([sys.executable, "-c", "exit(3)"])
+rng = np.random.default_rng(0)
+X = rng.standard_normal((64, 8)).astype(np.float32)
+d = rng.integers(0, 3, 64)
+net = fb.Sequential(fb.Linear(8, 6), fb.Tanh(), fb.Linear(6, 3), fb.Softmax(),
+                    dtype=np.float32, seed=0)
+fb.fit(net, X, d, loss=fb.KL(), optimizer=fb.SGD(lr=0.1), batch_size=16, epochs=2, tol=None,
+       progress=False)
+kernels = [k for k in _config._op_kernels.values() if k.compiled]
+print(json.dumps([hashlib.sha256(net.flat_params.tobytes()).hexdigest(),
+                  sum(k._cfunc.cache_hits for k in kernels), len(kernels)]))
+'''
+
+
+def _first_fit(cache, jobs, mode="plain"):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), FASTBP_COMPILE_JOBS=str(jobs))
+    out = subprocess.run([sys.executable, "-c", FIT, mode], capture_output=True, text=True,
+                         timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    claims = [p for p in pathlib.Path(cache).rglob(".claims-*")]
+    assert not claims, f"claim folders left behind: {claims}"
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    """The first fit compiled by one process."""
+    return _first_fit(tmp_path_factory.mktemp("alone"), 1)
+
+
+@pytest.mark.slow
+def test_helpers_compile_part_of_a_cold_first_fit_and_change_no_bit(tmp_path, alone):
+    shared = _first_fit(tmp_path / "shared", 2)
+    assert alone[1] == 0, "one process compiled everything itself"
+    assert shared[1] >= 1, "no helper compiled a kernel of the first fit"
+    assert shared[2] == alone[2] >= 8
+    assert shared[0] == alone[0], "parameters differ with kernels compiled by a helper"
+
+
+@pytest.mark.slow
+def test_failing_helpers_leave_their_kernels_to_the_parent(tmp_path, alone):
+    failing = _first_fit(tmp_path / "failing", 2, "failing")
+    assert failing[1] == 0
+    assert failing[0] == alone[0]
+
+
+NETS = {
+    "tanh-softmax": lambda: fb.Sequential(fb.Linear(4, 8), fb.Tanh(), fb.Linear(8, 3),
+                                          fb.Softmax(), seed=0),
+    "every kind": lambda: fb.Sequential(
+        fb.Linear(4, 8), fb.ReLU(), fb.PairProduct(), fb.PowerProduct(np.ones((4, 4))),
+        fb.Product(fb.Sequential(fb.Linear(4, 4), _bind=False),
+                   fb.Sequential(fb.Linear(4, 4), _bind=False)),
+        fb.MaxOver([[0, 1], [2, 3]]), fb.Linear(2, 3), fb.Sigmoid(), seed=0),
+    "norm and dropout": lambda: fb.Sequential(fb.Linear(4, 16), fb.LayerNorm(16),
+                                              fb.Dropout(0.5), fb.ELU(0.5), fb.Linear(16, 3),
+                                              fb.Softmax(), dtype=np.float32, seed=0),
+}
+
+
+@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("rows", [1, 256])
+@pytest.mark.parametrize("optimizer", [fb.SGD(lr=0.1), fb.Adam(lr=0.01, clip_norm=1.0)])
+def test_every_engine_kernel_is_named_to_a_fresh_process(name, rows, optimizer):
+    net = NETS[name]()
+    loss = fb.KL() if isinstance(net.nodes[-1], fb.Softmax) else fb.L2()
+    target = np.zeros(rows, np.int64) if isinstance(loss, fb.KL) else np.zeros((rows, 3))
+    tape, (kind, fused), (code, hyper, _) = E.check_supported(net, loss, target, optimizer)
+    code = (*code, bool(hyper[E.KE.CLIP] > 0))
+    last = len(tape.ops) - (2 if fused else 1)
+    calls, _ = tape.step_kernels(rows, (kind, fused), last, code, target.ndim == 1, True)
+    kernels = [k for k, _ in calls] + [k for k, _ in tape._forward_kernels(net.dtype.type, rows)]
+    assert len(kernels) >= 5
+    for k in kernels:
+        spec = k.spec()
+        assert spec is not None, (k.fn.__name__, k.consts)
+        assert _config.from_spec(json.loads(json.dumps(spec))) is k
+
+
+def test_a_bad_compile_jobs_setting_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("FASTBP_COMPILE_JOBS", "two")
+    with pytest.raises(ValueError, match="FASTBP_COMPILE_JOBS must be an integer, got 'two'"):
+        _config._compile_jobs()
+    monkeypatch.setenv("FASTBP_COMPILE_JOBS", "0")
+    assert _config._compile_jobs() == 1
+    monkeypatch.delenv("FASTBP_COMPILE_JOBS")
+    assert _config._compile_jobs() == len(os.sched_getaffinity(0))
+
+
+def test_a_helper_with_other_numba_settings_compiles_nothing(tmp_path):
+    job = {"cache_dir": _config.CACHE_DIR, "config": dict(_config._compiler_config(),
+                                                          BOUNDSCHECK="'other'"),
+           "claims": str(tmp_path), "kernels": [[0, {"module": "nowhere"}]]}
+    _config.compile_specs(job)  # would fail to import "nowhere" if it tried
+    assert not list(tmp_path.iterdir())
+
+
+def test_claims_go_to_one_process_each(tmp_path):
+    assert _config._claim(str(tmp_path), 3)
+    assert not _config._claim(str(tmp_path), 3)
+    assert _config._claim(str(tmp_path), 4)
+    assert not _config._claim(str(tmp_path / "gone"), 0)
+
