@@ -7,6 +7,7 @@ means correctly rounded. ``python tests/test_fastmath.py`` prints the measured m
 
 import re
 
+import llvmlite.binding
 import numpy as np
 import pytest
 from numba import float32, float64, int32, int64
@@ -246,6 +247,9 @@ def test_array_kernels_vectorise(kernel, dtype):
     packed = re.findall(rf"\bv(?:mul|add|sub|div){suffix}\s+[^\n]*%[yz]mm", asm)
     assert len(packed) >= 10, f"{kernel} {dtype}: loop not vectorised"
     assert not re.search(r"\b(exp|expf|tanh|tanhf|log|logf)\b", asm)
+    if "fma" in llvmlite.binding.get_host_cpu_features().flatten():
+        fmas = re.findall(rf"\bvfn?m(?:add|sub)\d+{suffix}\s+[^\n]*%[yz]mm", asm)
+        assert len(fmas) >= 4, f"{kernel} {dtype}: the polynomial's steps are not FMAs"
 
 
 def test_callable_from_fastmath_kernel():

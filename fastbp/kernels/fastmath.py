@@ -23,16 +23,21 @@ sigmoid(+-inf) = 1/0, softplus(-inf) = 0, expm1(-inf) = -1, log(0) = -inf, log(x
 (exp below about -708 in float64, -87.3 in float32; sigmoid and softplus far left) are computed
 with gradual underflow, not flushed to zero; subnormal arguments are accepted too.
 
-Do not pass these functions through ``inline='always'`` into a kernel with ``reassoc``
-(``ARITH``): exp's rounding trick ``(t + 1.5*2**52) - 1.5*2**52`` and the hi/lo splits need
-exact IEEE arithmetic. Called normally, LLVM inlines them with their own strict instructions.
+The polynomials (``_horner``) contract each step to an FMA where the machine has one (flags
+``INLINE_ARITH``): the functions are bound by their chains' latency, which this halves for the
+polynomial, and the accuracy bounds hold (asserted). On a machine without FMA the steps round
+twice, within the same bounds; results are the same on every machine with FMA. The rest is
+strict IEEE arithmetic: do not pass these functions through ``inline='always'`` into a kernel
+with other floating-point flags (``ARITH``'s contraction, say): exp's rounding trick
+``(t + 1.5*2**52) - 1.5*2**52`` and the hi/lo splits need it exact. Called normally, LLVM
+inlines them with their own instructions' flags.
 """
 
 from fractions import Fraction
 
 import numpy as np
 
-from .._config import INLINE, SERIAL, by_dtype, njit, specialise
+from .._config import INLINE, INLINE_ARITH, SERIAL, by_dtype, njit, specialise
 
 
 # Max error in ulp against the exact value, as measured by tests/test_fastmath.py (asserted).
@@ -115,9 +120,10 @@ EXPM1_LO = TANH_SMALL = TANH_BIG = B = M = EXP_MAX = E = T = L = None
 # leaf templates (callees first)
 
 
-@njit(**INLINE)
+@njit(**INLINE_ARITH)
 def _horner(x, P):
-    """P[0] + x (P[1] + x (P[2] + ...)), by Horner's rule from the highest coefficient."""
+    """P[0] + x (P[1] + x (P[2] + ...)), by Horner's rule from the highest coefficient, each
+    step one FMA where the machine has them (its own flags survive LLVM's inlining)."""
     q = P[len(P) - 1]
     for k in range(len(P) - 2, -1, -1):
         q = q * x + P[k]
@@ -258,7 +264,7 @@ def _sigmoid(x):
     d = ONE + e
     dl = (e - (d - ONE)) + el  # d + dl = 1 + e + el (Fast2Sum, e <= 1)
     pos = x >= ZERO
-    y = ONE / d if pos else e / d
+    y = (ONE if pos else e) / d  # one division (a division on each side, then a select: 4%)
     # (num + numl) / (d + dl) = y + (numl - y dl) / d to first order; 1/d is about y or 1 - y
     numl = ZERO if pos else el
     inv = y if pos else ONE - y
