@@ -18,8 +18,10 @@ from .fastmath import fexp, flog, flog1p
 
 @njit(**SERIAL)
 def xlogx(x):
-    """x log x with the limit 0 log 0 = 0."""
-    return 0.0 if x == 0 else x * flog(x)
+    """x log x with the limit 0 log 0 = 0; 1 log 1 = 0 without computing the log (targets
+    are mostly 0 and 1: the fused sigmoid + binary KL loss took 12.6 us for 256 rows with
+    the two logs, where the loop does not vectorise)."""
+    return 0.0 if x == 0 or x == 1 else x * flog(x)
 
 
 @njit(**SERIAL)
