@@ -38,6 +38,7 @@ Compiled kernels are cached in ``CACHE_DIR`` (see ``_cache_dir``), and ``serial_
 the one-thread copy of a parallel kernel that the engine uses for small ops.
 """
 
+import atexit
 import contextlib
 import ctypes
 import hashlib
@@ -345,9 +346,10 @@ def compile_ops(kernels):
     error). The machine code is the same whichever process compiles it."""
     todo = [k for k in dict.fromkeys(kernels) if not k.compiled]
     with _sharing:
-        for shared in [s for s in _shared if any(k in s.kernels for k in todo)]:
+        started = [s for s in _shared if any(k in s.kernels for k in todo)]
+        for shared in started:  # by ``prefetch_ops``
             shared.finish()
-        if len(todo) > 1:
+        if not started and len(todo) > 1:
             _Shared.start(todo).finish()
     for k in todo:
         k.address
@@ -412,6 +414,17 @@ _shared = []  # compiles started and not finished
 _sharing = threading.RLock()
 
 
+@atexit.register
+def _abandon_shared():
+    """At exit, stop the helpers of compiles nothing finished (a first fit that found NaN in
+    X after starting them, say) and remove their claims."""
+    for shared in list(_shared):
+        for proc in shared.procs:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(shared.claims, ignore_errors=True)
+
+
 def _claim(claims, i):
     """Whether this process is the first to claim kernel ``i`` of a shared compile."""
     try:
@@ -426,7 +439,10 @@ def _claim(claims, i):
 def _start_helper(job):
     """A fresh process compiling the kernels of ``job`` into the cache (None if it cannot
     start)."""
-    env = dict(os.environ, FASTBP_COMPILE_JOBS="1", NUMBA_NUM_THREADS="1")
+    # this process's module path, so the helper imports the same fastbp (a different one has
+    # another CACHE_DIR, and compile_specs then does nothing)
+    env = dict(os.environ, FASTBP_COMPILE_JOBS="1", NUMBA_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     try:
         helper = subprocess.Popen([sys.executable, "-m", "fastbp._compile"], env=env,
                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

@@ -126,3 +126,29 @@ def test_claims_go_to_one_process_each(tmp_path):
     assert _config._claim(str(tmp_path), 4)
     assert not _config._claim(str(tmp_path / "gone"), 0)
 
+
+
+NAN_STEP = r'''
+import sys
+import numpy as np
+import fastbp as fb
+from fastbp import _config
+X = np.ones((4, 8), np.float32)
+X[1, 2] = np.nan
+net = fb.Sequential(fb.Linear(8, 6), fb.Tanh(), fb.Linear(6, 3), fb.Softmax(),
+                    dtype=np.float32, seed=0)
+try:
+    net.train_step(X, np.array([0, 1, 2, 0]), fb.KL(), fb.SGD(lr=0.1))
+except ValueError as e:
+    print("refused:", e, file=sys.stderr)
+assert _config._shared, "the first step started no helpers"
+'''
+
+
+def test_helpers_of_an_abandoned_compile_stop_at_exit(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTBP_COMPILE_JOBS="2")
+    out = subprocess.run([sys.executable, "-c", NAN_STEP], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "NaN" in out.stderr
+    assert not list(tmp_path.rglob(".claims-*"))
