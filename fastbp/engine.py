@@ -6,14 +6,14 @@ import threading
 import numba
 import numpy as np
 
-from ._config import compile_ops, in_python, op_kernel, prefetch_ops, serial_twin_of
+from ._config import compile_ops, op_kernel, prefetch_ops, serial_twin_of
 from .errors import Unsupported
+from .nodes import dense_mode
 from .kernels import dense as KD
 from .kernels import divergences as KDiv
 from .kernels import engine as KE
 from .kernels import optim as KO
 
-_dense_mode = in_python(KD.dense_mode)  # the compiled kernels' rule, asked from Python
 LOSS = "loss"  # in a program's calls, the loss op (see ``Tape._calls``)
 
 
@@ -41,7 +41,7 @@ class Op:
         choice depends on the sizes alone, as the per-node path's does, so both always run
         the same leaf kernel."""
         if self.linear:
-            mode = _dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            mode = dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward, BLAS=False)
             return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward_blas if
@@ -55,7 +55,7 @@ class Op:
         """The compiled backward op (None: nothing to do, no gradient wanted)."""
         need_dy = bool(self.fields[KE.GIN] >= 0)
         if self.linear:
-            mode = _dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            mode = dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
                                  KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
@@ -349,7 +349,7 @@ class Tape:
         thread too, in whose cache the gradient is: a single-row step of 784-256-10 took 328 us
         against 426 with them on two threads (medians of 3 runs, alternating; W3a 0.96x, W2
         1.02x)."""
-        return any(op.linear and _dense_mode(rows, op.fields[KE.N_OUT], op.fields[KE.N_IN])
+        return any(op.linear and dense_mode(rows, op.fields[KE.N_OUT], op.fields[KE.N_IN])
                    == KD.BLAS_MODE for op in self.ops)
 
     def forward(self, X):

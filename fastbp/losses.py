@@ -13,7 +13,7 @@ import numpy as np
 from . import _checks
 from .errors import Unsupported
 from .kernels import divergences as KDiv
-from .nodes import Exp, Sigmoid, Softplus
+from .nodes import Exp, Sigmoid, Softplus, sized
 from .vector import Softmax, VectorActivation
 
 
@@ -47,7 +47,7 @@ class Divergence:
         div = np.empty(Y.shape[0], np.float64)
         dY = np.empty_like(Y)
         scale = _scale(Y.shape[0], weights, norm)
-        self._kernel(target)(Y, target, div, dY, scale)
+        sized(self._kernel(target), Y.size)(Y, target, div, dY, scale)
         return _mean(div, dY, weights, norm, scale), dY
 
     def fused(self, node, ctx, target, weights=None, norm=None):
@@ -59,7 +59,7 @@ class Divergence:
         div = np.empty(z.shape[0], np.float64)
         dz = np.empty_like(z)
         scale = _scale(z.shape[0], weights, norm)
-        self._fused_kernel(target)(z, y, target, div, dz, scale)
+        sized(self._fused_kernel(target), z.size)(z, y, target, div, dz, scale)
         return _mean(div, dz, weights, norm, scale), dz
 
     def built_in(self):

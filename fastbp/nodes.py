@@ -11,11 +11,53 @@ from collections import namedtuple
 import numpy as np
 
 from . import _checks
+from ._config import in_python, serial_twin_of
 from .errors import Unsupported
 from .kernels import activations as KA
 from .kernels import dense as KD
 from .kernels import dropout as KDr
 from .kernels import engine as KE
+
+dense_mode = in_python(KD.dense_mode)  # the compiled kernels' rule, asked from Python
+
+
+def sized(kernel, n):
+    """``kernel`` (a parallel kernel) for ``n`` elements, or its serial twin below
+    ``engine.PAR_MIN_WORK`` as the engine chooses. The numbers are the same (one source, each
+    output its own computation), and the node-by-node calls of a first fit (a validation
+    loss, say) reuse the twins the engine compiled instead of compiling parallel kernels."""
+    return kernel if n >= KE.PAR_MIN_WORK else serial_twin_of(kernel)
+
+
+def affine(y, W, b, z):
+    """z = y W^T + b by the kernel ``dense.dense_mode`` picks, chosen in Python so that only
+    that kernel compiles (a compiled choice compiles all three: 7 s of a first fit with a
+    validation set)."""
+    mode = dense_mode(y.shape[0], W.shape[0], W.shape[1])
+    if mode == KD.LOOP_MODE:
+        KD.dense_forward(y, W, b, z, np.empty((W.shape[1], W.shape[0]), z.dtype))
+    else:
+        (KD.dense_forward_blas if mode == KD.BLAS_MODE else KD.dense_forward_blas_serial)(
+            y, W, b, z)
+
+
+def affine_backward(dz, y, W, dW, db, dy, need_dy):
+    """dW, db and (if ``need_dy``) dy by the kernels ``dense.dense_mode`` picks."""
+    mode = dense_mode(dz.shape[0], W.shape[0], W.shape[1])
+    if mode == KD.LOOP_MODE:
+        KD.dense_backward_params(dz, y, dW, db)
+        if need_dy:
+            KD.dense_backward_input(dz, W, dy)
+    elif mode == KD.BLAS_MODE:
+        KD.dense_backward_params_blas(dz, y, dW, db, np.empty((W.shape[0], dz.shape[0]),
+                                                              dz.dtype))
+        if need_dy:
+            KD.dense_backward_input_blas(dz, W, dy)
+    else:
+        KD.dense_backward_params_blas_serial(dz, y, dW, db,
+                                             np.empty((W.shape[0], dz.shape[0]), dz.dtype))
+        if need_dy:
+            KD.dense_backward_input_blas_serial(dz, W, dy)
 
 
 class EngineOp(namedtuple("EngineOp", "forward backward aux p linear", defaults=((), 0.0, False))):
@@ -172,7 +214,7 @@ class Linear(Node):
 
     def _apply(self, y, train):
         z = np.empty((y.shape[0], self.n_out), y.dtype)
-        KD.affine(y, self.W, self.b, z, np.empty((self.n_in, self.n_out), y.dtype))
+        affine(y, self.W, self.b, z)
         return z, y
 
     def engine_op(self, tape):
@@ -182,8 +224,7 @@ class Linear(Node):
 
     def _backprop(self, y, dz, need_dx=True):
         dy = np.empty_like(y)
-        dzT = np.empty((self.n_out, dz.shape[0]), dz.dtype)
-        KD.affine_backward(dz, y, self.W, self.dW, self.db, dy, need_dx, dzT)
+        affine_backward(dz, y, self.W, self.dW, self.db, dy, need_dx)
         return dy if need_dx else None
 
     def config(self):
@@ -211,14 +252,14 @@ class _Scalar(Node):
 
     def _apply(self, z, train):
         y = np.empty_like(z)
-        KA.FORWARD[self.kind](self._p(), z.reshape(-1), y.reshape(-1))
+        sized(KA.FORWARD[self.kind], z.size)(self._p(), z.reshape(-1), y.reshape(-1))
         return y, (z, y)
 
     def _backprop(self, ctx, dy, need_dx=True):
         z, y = ctx
         dz = np.empty_like(z)
-        KA.BACKWARD[self.kind](self._p(), z.reshape(-1), y.reshape(-1), dy.reshape(-1),
-                               dz.reshape(-1))
+        sized(KA.BACKWARD[self.kind], z.size)(self._p(), z.reshape(-1), y.reshape(-1),
+                                              dy.reshape(-1), dz.reshape(-1))
         return dz
 
     def config(self):

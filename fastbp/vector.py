@@ -4,7 +4,7 @@ import numpy as np
 
 from .kernels import engine as KE
 from .kernels import vector as KV
-from .nodes import EngineOp, Node
+from .nodes import EngineOp, Node, sized
 
 
 class Softmax(Node):
@@ -28,12 +28,12 @@ class Softmax(Node):
 
     def _apply(self, z, train):
         y = np.empty_like(z)
-        KV.softmax_forward(z, y)
+        sized(KV.softmax_forward, z.size)(z, y)
         return y, (z, y)
 
     def _backprop(self, ctx, dy, need_dx=True):
         dz = np.empty_like(dy)
-        KV.softmax_vjp(ctx[1], dy, dz)
+        sized(KV.softmax_vjp, dy.size)(ctx[1], dy, dz)
         return dz
 
     def config(self):

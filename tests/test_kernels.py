@@ -17,6 +17,7 @@ import pytest
 from numba.core.registry import CPUDispatcher
 
 import fastbp.kernels
+from fastbp import nodes
 import reference as R
 from conftest import DTYPES
 from fastbp.kernels import activations as KA
@@ -88,7 +89,7 @@ def _up(a):
 TESTED = {
     "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "unit_block", "dense_forward", "dense_backward_params",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
-              "dense_backward_input_blas", "affine", "affine_backward"},
+              "dense_backward_input_blas"},
     # FORWARD/BACKWARD hold elementwise_forward/backward made for each kind
     "activations": {"_gelu", "_dgelu", "elementwise_forward", "elementwise_backward",
                     *(f"_{n}" for n in ("identity", "sigmoid", "tanh", "relu", "leaky_relu",
@@ -133,7 +134,7 @@ DENSE_FORWARD = {  # kernel: call with (y, W, b, z)
     "loop": lambda y, W, b, z: KD.dense_forward(y, W, b, z, _scratch_WT(W)),
     "blas": KD.dense_forward_blas,
     "blas_serial": KD.dense_forward_blas_serial,
-    "affine": lambda y, W, b, z: KD.affine(y, W, b, z, _scratch_WT(W)),
+    "affine": nodes.affine,
 }
 DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
     "loop": lambda dz, y, W, dW, db, dy: (KD.dense_backward_params(dz, y, dW, db),
@@ -144,8 +145,7 @@ DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
     "blas_serial": lambda dz, y, W, dW, db, dy: (
         KD.dense_backward_params_blas_serial(dz, y, dW, db, _scratch_dzT(dz)),
         KD.dense_backward_input_blas_serial(dz, W, dy)),
-    "affine": lambda dz, y, W, dW, db, dy: KD.affine_backward(dz, y, W, dW, db, dy, True,
-                                                              _scratch_dzT(dz)),
+    "affine": lambda dz, y, W, dW, db, dy: nodes.affine_backward(dz, y, W, dW, db, dy, True),
 }
 
 
@@ -204,9 +204,9 @@ def test_dense_backward_overwrites_stale_gradients(rng, dtype):
 
 
 def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
-    """``dense_mode`` picks from the sizes alone; ``affine``/``affine_backward`` give exactly
-    what the picked kernel gives (tiny: loops, small: BLAS blocks on one thread, larger: BLAS
-    blocks over the threads)."""
+    """``dense_mode`` picks from the sizes alone; ``nodes.affine``/``affine_backward`` (the
+    per-node path's choice) give exactly what the picked kernel gives (tiny: loops, small:
+    BLAS blocks on one thread, larger: BLAS blocks over the threads)."""
     assert KD.dense_mode(1, 1, 1) == KD.LOOP_MODE
     assert KD.dense_mode(3, 10, 17) == KD.LOOP_MODE  # 510 multiply-adds
     assert KD.dense_mode(2, 16, 16) == KD.BLAS_SERIAL_MODE  # 2^9
@@ -236,8 +236,7 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
         assert outs[0] == outs[1], mode
         # need_dy=False leaves dy alone
         dy = np.full((T, n_in), 7.0)
-        KD.affine_backward(dz, y, W, np.empty((n_out, n_in)), np.empty(n_out), dy, False,
-                           _scratch_dzT(dz))
+        nodes.affine_backward(dz, y, W, np.empty((n_out, n_in)), np.empty(n_out), dy, False)
         assert (dy == 7).all()
 
 

@@ -179,33 +179,3 @@ dense_forward_blas_serial = serial_twin(dense_forward_blas)
 dense_backward_params_blas_serial = serial_twin(dense_backward_params_blas)
 dense_backward_input_blas_serial = serial_twin(dense_backward_input_blas)
 
-
-@njit(**SERIAL)
-def affine(y, W, b, z, WT):
-    """z = y W^T + b by the kernel ``dense_mode`` picks (WT: scratch of shape (n_in, n_out))."""
-    mode = dense_mode(y.shape[0], W.shape[0], W.shape[1])
-    if mode == BLAS_MODE:
-        dense_forward_blas(y, W, b, z)
-    elif mode == BLAS_SERIAL_MODE:
-        dense_forward_blas_serial(y, W, b, z)
-    else:
-        dense_forward(y, W, b, z, WT)
-
-
-@njit(**SERIAL)
-def affine_backward(dz, y, W, dW, db, dy, need_dy, dzT):
-    """dW, db and (if ``need_dy``) dy by the kernels ``dense_mode`` picks (dzT: scratch of
-    shape (n_out, T))."""
-    mode = dense_mode(dz.shape[0], W.shape[0], W.shape[1])
-    if mode == BLAS_MODE:
-        dense_backward_params_blas(dz, y, dW, db, dzT)
-        if need_dy:
-            dense_backward_input_blas(dz, W, dy)
-    elif mode == BLAS_SERIAL_MODE:
-        dense_backward_params_blas_serial(dz, y, dW, db, dzT)
-        if need_dy:
-            dense_backward_input_blas_serial(dz, W, dy)
-    else:
-        dense_backward_params(dz, y, dW, db)
-        if need_dy:
-            dense_backward_input(dz, W, dy)
