@@ -319,22 +319,29 @@ _named = {}  # every dispatcher ``njit`` made, by module and qualified name (``O
 
 def _compile_jobs():
     """How many processes compile a program's missing kernels at once: FASTBP_COMPILE_JOBS if
-    set, else the cores this process may run on."""
+    set, else fastbp's thread count (``get_num_threads``: a joblib worker or an MPI rank run
+    with one thread compiles alone, and so does not crowd the cores the others use), at most
+    the cores this process may run on. One in a frozen application, whose executable is not
+    a Python that could run the helper."""
     value = os.environ.get("FASTBP_COMPILE_JOBS")
     if value:
         try:
             return max(1, int(value))
         except ValueError:
             raise ValueError(f"FASTBP_COMPILE_JOBS must be an integer, got {value!r}") from None
+    if getattr(sys, "frozen", False):
+        return 1
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return min(cores, get_num_threads())
 
 
 def compile_ops(kernels):
     """Compile (or load from the cache) the op kernels ``kernels``; those the cache lacks in up
-    to ``FASTBP_COMPILE_JOBS`` processes at once (default: one per core).
+    to ``FASTBP_COMPILE_JOBS`` processes at once (default: one per thread, see
+    ``_compile_jobs``).
 
     numba compiles one function at a time in a process (its compiler holds a lock, and most of
     the work is Python), and a program's kernels are independent C functions: 11 for a

@@ -102,14 +102,22 @@ def test_every_engine_kernel_is_named_to_a_fresh_process(name, rows, optimizer):
         assert _config.from_spec(json.loads(json.dumps(spec))) is k
 
 
-def test_a_bad_compile_jobs_setting_is_refused_by_name(monkeypatch):
+def test_compile_jobs_follow_the_setting_the_threads_and_the_executable(monkeypatch):
     monkeypatch.setenv("FASTBP_COMPILE_JOBS", "two")
     with pytest.raises(ValueError, match="FASTBP_COMPILE_JOBS must be an integer, got 'two'"):
         _config._compile_jobs()
     monkeypatch.setenv("FASTBP_COMPILE_JOBS", "0")
     assert _config._compile_jobs() == 1
     monkeypatch.delenv("FASTBP_COMPILE_JOBS")
-    assert _config._compile_jobs() == len(os.sched_getaffinity(0))
+    assert _config._compile_jobs() == min(len(os.sched_getaffinity(0)), fb.get_num_threads())
+    threads = fb.get_num_threads()
+    try:
+        fb.set_num_threads(1)  # a joblib worker's or an MPI rank's budget
+        assert _config._compile_jobs() == 1
+    finally:
+        fb.set_num_threads(threads)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)  # PyInstaller and the like
+    assert _config._compile_jobs() == 1
 
 
 def test_a_helper_with_other_numba_settings_compiles_nothing(tmp_path):
