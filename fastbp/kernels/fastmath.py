@@ -26,7 +26,7 @@ with gradual underflow, not flushed to zero; subnormal arguments are accepted to
 The polynomials (``_horner``) contract each step to an FMA where the machine has one (flags
 ``INLINE_ARITH``): the functions are bound by their chains' latency, which this halves for the
 polynomial, and the accuracy bounds hold (asserted). On a machine without FMA the steps round
-twice, within the same bounds; results are the same on every machine with FMA. The rest is
+twice, within the same bounds. The rest is
 strict IEEE arithmetic: do not pass these functions through ``inline='always'`` into a kernel
 with other floating-point flags (``ARITH``'s contraction, say): exp's rounding trick
 ``(t + 1.5*2**52) - 1.5*2**52`` and the hi/lo splits need it exact. Called normally, LLVM
