@@ -15,6 +15,7 @@ from .kernels import engine as KE
 from .kernels import optim as KO
 
 LOSS = "loss"  # in a program's calls, the loss op (see ``Tape._calls``)
+REST = "rest"  # and the row of the parameters outside the linear ops' W (``Tape.rest_op``)
 
 
 class Op:
@@ -51,11 +52,16 @@ class Op:
         fn, leaf = self.forward
         return op_kernel(fn, dt, KERNEL=self._leaf(leaf, rows))
 
-    def backward_kernel(self, dt, rows):
-        """The compiled backward op (None: nothing to do, no gradient wanted)."""
+    def backward_kernel(self, dt, rows, defer=False):
+        """The compiled backward op (None: nothing to do, no gradient wanted); a linear op's
+        with ``defer`` leaves dW to ``KE.linear_sgd``."""
         need_dy = bool(self.fields[KE.GIN] >= 0)
         if self.linear:
             mode = dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            if defer:
+                return op_kernel(KE.linear_backward, dt, KERNEL2=KD.dense_backward_input if
+                                 mode == KD.LOOP_MODE else KD.dense_backward_input_blas_serial,
+                                 NEED_DY=need_dy, DEFER=True)
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
                                  KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
@@ -216,7 +222,24 @@ class Tape:
         self.iconsts = np.concatenate(self.iconsts) if self.iconsts else np.zeros(1, np.int64)
         self.zeros = np.zeros(max(self.widths), dt)
         self.dbias = np.zeros(max(self.widths), dt)
+        self.rest_op = self._rest_op()
         return self
+
+    def _rest_op(self):
+        """The op row of the parameters outside every linear op's W: A2 ranges of the flat
+        parameters, (start, end) pairs at A1 in ICONSTS (appended to them here), for the
+        ``finite`` and ``sgd`` ops of a step whose linear layers update by ``linear_sgd``."""
+        cuts = sorted((int(f[KE.W]), int(f[KE.W] + f[KE.N_IN] * f[KE.N_OUT]))
+                      for f in (op.fields for op in self.ops if op.linear) if f[KE.W] >= 0)
+        ranges, lo = [], 0
+        for start, end in cuts + [(self.net.flat_params.size,) * 2]:
+            if start > lo:
+                ranges += [lo, start]
+            lo = max(lo, end)
+        row = np.zeros(KE.N_OP, np.int64)
+        row[KE.A1], row[KE.A2] = self.iconsts.size, len(ranges) // 2
+        self.iconsts = np.concatenate([self.iconsts, np.array(ranges, np.int64)])
+        return row
 
     # -- workspaces and programs ---------------------------------------------------------------
     def workspace(self, rows):
@@ -288,7 +311,7 @@ class Tape:
         loss op, or None for no op), compiling the kernels not compiled yet."""
         compile_ops([k for k, _ in kernels])
         ctx = ws.ctx.ctypes.data
-        ops = {None: 0, LOSS: ws.loss_op.ctypes.data}
+        ops = {None: 0, LOSS: ws.loss_op.ctypes.data, REST: self.rest_op.ctypes.data}
         ops.update((k, ws.ops[k].ctypes.data) for k in range(len(ws.ops)))
         return np.array([[k.address, ctx, ops[op]] for k, op in kernels],
                         np.int64).reshape(-1, 3)
@@ -313,29 +336,42 @@ class Tape:
             ws.programs[key] = self._calls(ws, calls), n_pre
         return ws.programs[key]
 
-    def step_kernels(self, rows, loss, last, update, labels, count, weighted=False):
+    def step_kernels(self, rows, loss, last, update, labels, count, weighted=False,
+                     rank1=False):
         """A training step's calls on ``rows`` rows (kernel and op, see ``_calls``) and how
         many come before the update: load the batch, forward, the loss (weighted by sample
         weights if ``weighted``), backward from op ``last`` down, the finite check; then the
         count of rows right (if ``count``), the clipping of the gradient (if ``update`` says
         so) and the update. ``loss`` is (leaf kernel, fused), ``update`` (op function, leaf
-        kernel, clip)."""
+        kernel, clip). ``rank1`` (the update being SGD without momentum or clipping): on one
+        row, each linear op's W is updated from its dz and y (``KE.linear_sgd``), its dW never
+        written; the other parameters as before."""
         dt = self.net.dtype.type
         par = rows * self.n_out >= KE.PAR_MIN_WORK
         calls = [(op_kernel(KE.load_batch, dt, BY_LABEL=labels, WEIGHTED=weighted), None)]
         calls += self._forward_kernels(dt, rows)
         calls.append((op_kernel(KE.loss, dt, KERNEL=loss[0] if par else serial_twin_of(loss[0]),
                                 FUSED=loss[1], BY_LABEL=labels, WEIGHTED=weighted), LOSS))
+        lin = [k for k, op in enumerate(self.ops) if op.linear and op.fields[KE.W] >= 0] \
+            if rank1 and rows == 1 else []
         for k in range(last, -1, -1):
-            kernel = self.ops[k].backward_kernel(dt, rows)
+            kernel = self.ops[k].backward_kernel(dt, rows, k in lin)
             if kernel is not None:
                 calls.append((kernel, k))
         par = self.net.flat_params.size >= KE.PAR_MIN_WORK and self._threaded(rows)
-        calls.append((op_kernel(KE.finite, dt, KERNEL=KO.all_finite if par
-                                else KO.all_finite_serial), None))
+        if lin:
+            calls.append((op_kernel(KE.finite, dt, KERNEL=KO.finite, PART=True), REST))
+            calls += [(op_kernel(KE.linear_finite, dt, KERNEL=KO.outer_finite), k) for k in lin]
+        else:
+            calls.append((op_kernel(KE.finite, dt, KERNEL=KO.all_finite if par
+                                    else KO.all_finite_serial), None))
         n_pre = len(calls)
         if count:
             calls.append((op_kernel(KE.correct, dt, BY_LABEL=labels), LOSS))
+        if lin:
+            calls.append((op_kernel(KE.sgd, dt, KERNEL=KO.sgd_step_serial, PART=True), REST))
+            calls += [(op_kernel(KE.linear_sgd, dt, KERNEL=KO.sgd_rank1), k) for k in lin]
+            return calls, n_pre
         if update[2]:
             calls.append((op_kernel(KE.clip, dt, KERNEL=KO.clip_by_norm if par
                                     else KO.clip_by_norm_serial), None))
@@ -436,19 +472,30 @@ def _bind_batch(net, X, target, orders, batch, tape, hyper, states, weights=None
 _NO_WEIGHTS = np.zeros(0, np.float64)
 
 
+def training_step(tape, loss_code, code, hyper, labels, count, weighted, gradient=False):
+    """The arguments of ``Tape.step_kernels`` after ``rows`` for a training step: the loss's
+    (kernel, fused), the backward's first op, the update (its op function and leaf kernel,
+    whether it clips), ..., and whether one-row steps update W from dz and y (SGD without
+    momentum or clipping). ``gradient``: for a step whose caller runs all but the update
+    (``gradient``), which writes every dW and clips nothing."""
+    clip = bool(hyper[KE.CLIP] > 0) and not gradient
+    last = len(tape.ops) - (2 if loss_code[1] else 1)
+    rank1 = code[0] is KE.sgd and hyper[0] == 0 and not clip and not gradient
+    return loss_code, last, (*code, clip), labels, count, weighted, rank1
+
+
 def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, weights=None,
                check=False):
     """Several epochs in one compiled call (see ``kernels.engine.train_epochs``); returns the
     per-epoch rows (loss sum by weight, steps, first bad step or -1, rows right, loss sum by
     rows) of the epochs run. ``weights``: the rows' sample weights (None: unweighted). With
     ``check``, X is checked for NaN and inf first: None, having run nothing, if it holds one."""
-    tape, (kind, fused), (code, hyper, states) = check_supported(net, loss, target, opt)
+    tape, loss_code, (code, hyper, states) = check_supported(net, loss, target, opt)
     T = np.shape(orders)[1]
     tape.check_rows(batch)
     tape.check_rows(T % batch)
-    code = (*code, bool(hyper[KE.CLIP] > 0))
-    last = len(tape.ops) - (2 if fused else 1)
-    step = ((kind, fused), last, code, np.ndim(target) == 1, count, weights is not None)
+    step = training_step(tape, loss_code, code, hyper, np.ndim(target) == 1, count,
+                         weights is not None)
     if not _started:  # the first fit of the process: compile its kernels while binding
         prefetch_ops([k for rows in {batch, T % batch} - {0}
                       for k, _ in tape.step_kernels(rows, *step)[0]])
@@ -491,14 +538,13 @@ def gradient(net, X, target, loss, opt, order, count=False, weights=None, norm=N
     gradient and the loss are the rows' share of that batch's mean. Returns (loss, rows
     classified right if ``count``, the rows' weight: their number or the sum of their sample
     weights)."""
-    tape, (kind, fused), (code, hyper, states) = check_supported(net, loss, target, opt)
+    tape, loss_code, (code, hyper, states) = check_supported(net, loss, target, opt)
     rows = len(order)
     tape.check_rows(rows)
     ws, _, labels = _bind_batch(net, X, target, order, rows, tape, hyper, states, weights)
-    code = (*code, False)  # no clipping: the caller clips the sum of the ranks' gradients
-    last = len(tape.ops) - (2 if fused else 1)
-    prog, _ = tape.step_program(ws, rows, (kind, fused), last, code, labels, count,
-                                weights is not None)
+    # no clipping: the caller clips the sum of the ranks' gradients
+    prog, _ = tape.step_program(ws, rows, *training_step(tape, loss_code, code, hyper, labels,
+                                                         count, weights is not None, True))
     ws.ctx[KE.LO], ws.ctx[KE.RIGHT], ws.ctx[KE.STEP] = 0, 0, opt.t + 1
     if grads is not None:
         if grads.shape != net.flat_grads.shape or grads.dtype != net.dtype or \

@@ -90,10 +90,9 @@ def test_every_engine_kernel_is_named_to_a_fresh_process(name, rows, optimizer):
     net = NETS[name]()
     loss = fb.KL() if isinstance(net.nodes[-1], fb.Softmax) else fb.L2()
     target = np.zeros(rows, np.int64) if isinstance(loss, fb.KL) else np.zeros((rows, 3))
-    tape, (kind, fused), (code, hyper, _) = E.check_supported(net, loss, target, optimizer)
-    code = (*code, bool(hyper[E.KE.CLIP] > 0))
-    last = len(tape.ops) - (2 if fused else 1)
-    calls, _ = tape.step_kernels(rows, (kind, fused), last, code, target.ndim == 1, True)
+    tape, loss_code, (code, hyper, _) = E.check_supported(net, loss, target, optimizer)
+    calls, _ = tape.step_kernels(rows, *E.training_step(tape, loss_code, code, hyper,
+                                                         target.ndim == 1, True, False))
     kernels = [k for k, _ in calls] + [k for k, _ in tape._forward_kernels(net.dtype.type, rows)]
     assert len(kernels) >= 5
     for k in kernels:

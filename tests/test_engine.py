@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 import fastbp as fb
-from fastbp import engine
+from fastbp import _config, engine
+from fastbp.kernels import engine as KE
+from fastbp.kernels import optim as KO
 
 
 def _nets(dtype):
@@ -110,6 +112,45 @@ def test_train_step_engine_equals_per_node():
         assert la == lb
     assert np.array_equal(a.flat_params, b.flat_params)
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["mlp", "gated", "mixed", "blas"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_one_row_sgd_updates_w_from_dz_and_y_as_the_per_node_path(dtype, name, weight_decay):
+    """Plain SGD on one row updates each linear layer's W from its dz and y, never writing dW
+    (kernels.engine.linear_sgd): bit for bit the per-node path's gradient and update."""
+    nets = dict(_nets(dtype), blas=lambda: fb.Sequential(  # products that run through BLAS
+        fb.Linear(8, 64), fb.ReLU(), fb.Linear(64, 40), fb.Tanh(), fb.Linear(40, 3),
+        fb.Softmax(), dtype=dtype, seed=5))
+    rng = np.random.default_rng(7)
+    X, d = rng.uniform(0.1, 1.0, size=(9, 8)), rng.integers(0, 3, 9)
+    a, b = nets[name](), nets[name]()
+    kw = dict(batch_size=1, epochs=2, tol=None, seed=3, progress=False)
+    ha = fb.fit(a, X, d, fb.KL(), fb.SGD(lr=0.05, weight_decay=weight_decay), engine=True, **kw)
+    hb = fb.fit(b, X, d, fb.KL(), fb.SGD(lr=0.05, weight_decay=weight_decay), engine=False, **kw)
+    assert np.array_equal(a.flat_params, b.flat_params) and ha.loss == hb.loss
+    tape = engine.compile_tape(a, True)
+    update = _config.op_kernel(KE.linear_sgd, a.dtype.type, KERNEL=KO.sgd_rank1).address
+    steps = [p for key, (p, _) in tape.workspace(1).programs.items() if key[:2] == ("step", 1)]
+    assert steps and all(update in p[:, 0] for p in steps)  # the path this test is about ran
+
+
+@pytest.mark.parametrize("engine_on", [True, False])
+def test_one_row_sgd_refuses_a_gradient_that_overflows_and_changes_nothing(engine_on):
+    """dW = dz y^T overflows float32 while the loss is finite: the step is refused whether dW
+    is written (node by node) or checked from dz and y (the one-row engine step)."""
+    net = fb.Sequential(fb.Linear(2, 1), dtype=np.float32, seed=0)
+    net[0].W[...], net[0].b[...] = 1.0, 0.0
+    X, d = np.array([[1e30, -1e30]], np.float32), np.array([[1e10]], np.float32)
+    before = net.flat_params.copy()
+    fit = fb.fit if engine_on else (lambda *a, **k: fb.fit(*a, engine=False, **k))
+    with pytest.raises(fb.TrainingError):
+        fit(net, X, d, fb.L2(), fb.SGD(lr=1e-3), batch_size=1, epochs=1, tol=None,
+            progress=False)
+    assert np.array_equal(net.flat_params, before)
+    net.train_step(X / 1e20, d, fb.L2(), fb.SGD(lr=1e-3))  # no overflow now: a step is taken
+    assert not np.array_equal(net.flat_params, before)
 
 def test_unsupported_nodes_fall_back_to_the_per_node_path():
     sq = fb.VectorActivation(lambda z: z ** 2, lambda z: np.diag(2 * z))

@@ -74,10 +74,10 @@ def _fields(ctx, op):
 # Op functions. ``_config.op_kernel(op, dtype, **leaves)`` compiles a copy of one with these
 # globals bound (numba compiles globals as constants, and drops branches on them before it
 # types anything): DT the dtype, KERNEL/KERNEL2 the leaf kernels it calls, and its flags
-# (NEED_DY, BY_LABEL, FUSED, BLAS, WEIGHTED).
+# (NEED_DY, BY_LABEL, FUSED, BLAS, WEIGHTED, DEFER, PART).
 # ---------------------------------------------------------------------------------------------
 DT = KERNEL = KERNEL2 = None
-NEED_DY = BY_LABEL = FUSED = BLAS = WEIGHTED = False
+NEED_DY = BY_LABEL = FUSED = BLAS = WEIGHTED = DEFER = PART = False
 
 
 @njit(**OP)
@@ -122,16 +122,23 @@ def linear_forward(ctx, op, rows):
 @njit(**OP)
 def linear_backward(ctx, op, rows):
     """dW, db by KERNEL(dz, y, dW, db, dz^T scratch) (BLAS) or KERNEL(dz, y, dW, db) (the loop
-    kernel), and if NEED_DY, dy at GIN by KERNEL2(dz, W, dy)."""
+    kernel), and if NEED_DY, dy at GIN by KERNEL2(dz, W, dy). DEFER: db alone (summed over the
+    rows in increasing order from 0, as those kernels do), dW being left to ``linear_sgd``."""
     c, o = _fields(ctx, op)
     n_in, n_out = o[N_IN], o[N_OUT]
     dz, y = _mat(c[GRAD], o[GOUT], rows, n_out, DT), _mat(c[ACT], o[IN], rows, n_in, DT)
-    dW = _mat(c[GRADS], o[W], n_out, n_in, DT)
     db = _vec(c[GRADS], o[B], n_out, DT) if o[B] >= 0 else _vec(c[DBIAS], 0, n_out, DT)
-    if BLAS:
-        KERNEL(dz, y, dW, db, _mat(c[SCRATCH], 0, n_out, rows, DT))
+    if DEFER:
+        for j in range(n_out):
+            s = dz.dtype.type(0)
+            for t in range(rows):
+                s += dz[t, j]
+            db[j] = s
+    elif BLAS:
+        KERNEL(dz, y, _mat(c[GRADS], o[W], n_out, n_in, DT), db,
+               _mat(c[SCRATCH], 0, n_out, rows, DT))
     else:
-        KERNEL(dz, y, dW, db)
+        KERNEL(dz, y, _mat(c[GRADS], o[W], n_out, n_in, DT), db)
     if NEED_DY:
         KERNEL2(dz, _mat(c[PARAMS], o[W], n_out, n_in, DT), _mat(c[GRAD], o[GIN], rows, n_in, DT))
 
@@ -297,11 +304,29 @@ def loss(ctx, op, rows):
 
 @njit(**OP)
 def finite(ctx, op, rows):
-    """FSCAL[FINITE] = 1 if the parameters' gradient holds no NaN or inf (KERNEL(g, ok)), else 0."""
+    """FSCAL[FINITE] = 1 if the parameters' gradient holds no NaN or inf (KERNEL(g, ok)), else 0.
+    PART: only in the op's A2 ranges of the gradient, (start, end) pairs at A1 in ICONSTS, by
+    KERNEL(part) (the layers updated by ``linear_sgd`` check theirs in ``linear_finite``)."""
     c = _ints(ctx, 0, N_CTX)
-    good = KERNEL(_vec(c[GRADS], 0, c[N_PARAMS], DT),
-                  carray(pointer(c[OK], 0, np.bool_), -(-c[N_PARAMS] // KO.FINITE_BLOCK)))
+    if PART:
+        o = _ints(op, 0, N_OP)
+        r = _ints(c[ICONSTS], o[A1], 2 * o[A2])
+        good = True
+        for k in range(o[A2]):
+            good &= KERNEL(_vec(c[GRADS], r[2 * k], r[2 * k + 1] - r[2 * k], DT))
+    else:
+        good = KERNEL(_vec(c[GRADS], 0, c[N_PARAMS], DT),
+                      carray(pointer(c[OK], 0, np.bool_), -(-c[N_PARAMS] // KO.FINITE_BLOCK)))
     _vec(c[FSCAL], 0, N_FSCAL, np.float64)[FINITE] = 1.0 if good else 0.0
+
+
+@njit(**OP)
+def linear_finite(ctx, op, rows):
+    """FSCAL[FINITE] = 0 unless every term of the linear op's one-row dW = dz^T y is finite:
+    KERNEL(dz, y) (after ``finite``, whose result it can only clear)."""
+    c, o = _fields(ctx, op)
+    if not KERNEL(_vec(c[GRAD], o[GOUT], o[N_OUT], DT), _vec(c[ACT], o[IN], o[N_IN], DT)):
+        _vec(c[FSCAL], 0, N_FSCAL, np.float64)[FINITE] = 0.0
 
 
 @njit(**OP)
@@ -316,12 +341,32 @@ def correct(ctx, op, rows):
 @njit(**OP)
 def sgd(ctx, op, rows):
     """SGD's step by KERNEL(p, g, v, lr, momentum, nesterov, weight decay), the
-    hyper-parameters in HYPER, the learning rate in FSCAL[LR]."""
+    hyper-parameters in HYPER, the learning rate in FSCAL[LR]. PART: on the ranges of the
+    parameters that ``finite`` checks (PART), the layers of ``linear_sgd`` left to it."""
     c = _ints(ctx, 0, N_CTX)
-    n = c[N_PARAMS]
     h = _vec(c[HYPER], 0, N_HYPER, np.float64)
-    KERNEL(_vec(c[PARAMS], 0, n, DT), _vec(c[GRADS], 0, n, DT), _vec(c[STATE1], 0, n, DT),
-           _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR], h[0], h[1] != 0, h[2])
+    lr = _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR]
+    if PART:
+        o = _ints(op, 0, N_OP)
+        r = _ints(c[ICONSTS], o[A1], 2 * o[A2])
+        for k in range(o[A2]):
+            lo, n = r[2 * k], r[2 * k + 1] - r[2 * k]
+            KERNEL(_vec(c[PARAMS], lo, n, DT), _vec(c[GRADS], lo, n, DT),
+                   _vec(c[STATE1], lo, n, DT), lr, h[0], h[1] != 0, h[2])
+    else:
+        n = c[N_PARAMS]
+        KERNEL(_vec(c[PARAMS], 0, n, DT), _vec(c[GRADS], 0, n, DT), _vec(c[STATE1], 0, n, DT),
+               lr, h[0], h[1] != 0, h[2])
+
+
+@njit(**OP)
+def linear_sgd(ctx, op, rows):
+    """SGD without momentum on the linear op's W from its one row, by KERNEL(W, dz, y, lr,
+    weight decay) (``optim.sgd_rank1``): dW is never stored."""
+    c, o = _fields(ctx, op)
+    KERNEL(_mat(c[PARAMS], o[W], o[N_OUT], o[N_IN], DT), _vec(c[GRAD], o[GOUT], o[N_OUT], DT),
+           _vec(c[ACT], o[IN], o[N_IN], DT), _vec(c[FSCAL], 0, N_FSCAL, np.float64)[LR],
+           _vec(c[HYPER], 0, N_HYPER, np.float64)[2])
 
 
 @njit(**OP)

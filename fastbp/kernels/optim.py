@@ -103,6 +103,38 @@ def finite(a):
 
 
 @njit(**SERIAL)
+def outer_finite(a, b):
+    """Every product a[j] * b[i] is finite (a and b 1-D and not empty): a and b are, and so is
+    the product of their largest magnitudes, itself one of the products and, rounding being
+    monotonic, the largest. A one-row gradient dz^T y checked from dz and y, without the
+    n_out x n_in matrix."""
+    if not (finite(a) and finite(b)):
+        return False  # x * NaN, x * inf and 0 * inf are not finite
+    ma, mb = abs(a[0]), abs(b[0])
+    for j in range(a.shape[0]):
+        ma = max(ma, abs(a[j]))
+    for i in range(b.shape[0]):
+        mb = max(mb, abs(b[i]))
+    return math.isfinite(ma * mb)
+
+
+@njit(**SERIAL)
+def sgd_rank1(W, dz, y, lr, weight_decay):
+    """SGD without momentum on a layer's W from one row, dW = dz^T y never stored:
+    W[j, i] -= lr ((0 + dz[j] y[i]) + wd W[j, i]), bit for bit ``sgd_step`` on the dW that the
+    dense kernels compute for one row (their sum for it starts at 0). One pass over W instead
+    of four (dW written, checked, read; W read and written)."""
+    f = W.dtype.type
+    lr, weight_decay = f(lr), f(weight_decay)
+    for j in range(W.shape[0]):
+        a = dz[j]
+        w = W[j]
+        for i in range(W.shape[1]):
+            gi = (f(0) + a * y[i]) + weight_decay * w[i]
+            w[i] -= lr * gi
+
+
+@njit(**SERIAL)
 def _block_finite(a, lo, hi):
     """a[lo:hi] holds no NaN or inf."""
     return finite(a[lo:hi])
