@@ -43,6 +43,8 @@ import contextlib
 import ctypes
 import hashlib
 import importlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import pathlib
@@ -57,7 +59,6 @@ from importlib import metadata
 
 import numba
 import numpy as np
-import scipy.linalg.cython_blas  # noqa: F401  (loads the OpenBLAS that numba's np.dot uses)
 from llvmlite import ir
 from numba.core import caching, sigutils
 from numba.core.ccallback import CFunc
@@ -65,6 +66,55 @@ from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
 _HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _load_scipy_blas():
+    """Load ``scipy.linalg.cython_blas``, the OpenBLAS whose functions numba's np.dot calls
+    (numba imports the module by that name at its first product).
+
+    Imported by name, it first imports the whole ``scipy.linalg`` package: 0.2 s, a quarter of
+    ``import fastbp`` here, mostly SciPy's array-API layer. Loaded from its file under its
+    name, 3 ms. A later ``import scipy.linalg`` runs the package as usual and finds the module
+    loaded; ``_BlasAttribute`` then sets the package's attribute, as importing the submodule
+    after the package would. Anything unexpected: the ordinary import.
+    """
+    name = "scipy.linalg.cython_blas"
+    if name not in sys.modules and "scipy.linalg" not in sys.modules:
+        try:
+            roots = importlib.util.find_spec("scipy").submodule_search_locations
+            spec = importlib.machinery.PathFinder.find_spec(
+                name, [os.path.join(r, "linalg") for r in roots])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            sys.meta_path.insert(0, _BlasAttribute())
+            return
+        except Exception:
+            sys.modules.pop(name, None)
+    importlib.import_module(name)
+
+
+class _BlasAttribute:
+    """A one-time import hook: when ``scipy.linalg`` is imported after ``_load_scipy_blas``,
+    set its ``cython_blas`` attribute once the package has run."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "scipy.linalg":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                module.cython_blas = sys.modules["scipy.linalg.cython_blas"]
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+_load_scipy_blas()
 
 
 def _cache_dir():

@@ -21,7 +21,6 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from scipy.linalg import blas
 
 from . import _checks
 
@@ -224,6 +223,16 @@ def _trial_step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
             sty, fy, dy = stx, fx, dx
         stx, fx, dx = stp, fp, dp
     return stx, fx, dx, sty, fy, dy, stpf, brackt
+
+
+blas = None  # scipy.linalg.blas, imported by the first run (``import scipy.linalg``: 0.2 s)
+
+
+def _import_blas():
+    global blas
+    if blas is None:
+        from scipy.linalg import blas as module
+        blas = module
 
 
 class _Memory:
@@ -433,6 +442,7 @@ class _Run:
     """One ``minimize``: its buffers, counters and the loop of L-BFGS-B's ``mainlb``."""
 
     def __init__(self, opt, fun, x0, callback):
+        _import_blas()
         n = x0.size
         self.opt, self.fun, self.callback, self.n = opt, fun, callback, n
         self.x = np.array(x0, dtype=np.float64)  # the current point, then each trial
