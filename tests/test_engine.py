@@ -116,17 +116,19 @@ def test_train_step_engine_equals_per_node():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["mlp", "gated", "mixed", "blas"])
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_one_row_sgd_updates_w_from_dz_and_y_as_the_per_node_path(dtype, name, weight_decay):
+@pytest.mark.parametrize("weight_decay, batch", [(0.0, 1), (0.01, 1), (0.0, 4)])
+def test_one_row_sgd_updates_w_from_dz_and_y_as_the_per_node_path(dtype, name, weight_decay,
+                                                                  batch):
     """Plain SGD on one row updates each linear layer's W from its dz and y, never writing dW
-    (kernels.engine.linear_sgd): bit for bit the per-node path's gradient and update."""
+    (kernels.engine.linear_sgd): bit for bit the per-node path's gradient and update (batch 4
+    of 9 rows: two steps of 4 rows, then the last row so)."""
     nets = dict(_nets(dtype), blas=lambda: fb.Sequential(  # products that run through BLAS
         fb.Linear(8, 64), fb.ReLU(), fb.Linear(64, 40), fb.Tanh(), fb.Linear(40, 3),
         fb.Softmax(), dtype=dtype, seed=5))
     rng = np.random.default_rng(7)
     X, d = rng.uniform(0.1, 1.0, size=(9, 8)), rng.integers(0, 3, 9)
     a, b = nets[name](), nets[name]()
-    kw = dict(batch_size=1, epochs=2, tol=None, seed=3, progress=False)
+    kw = dict(batch_size=batch, epochs=2, tol=None, seed=3, progress=False)
     ha = fb.fit(a, X, d, fb.KL(), fb.SGD(lr=0.05, weight_decay=weight_decay), engine=True, **kw)
     hb = fb.fit(b, X, d, fb.KL(), fb.SGD(lr=0.05, weight_decay=weight_decay), engine=False, **kw)
     assert np.array_equal(a.flat_params, b.flat_params) and ha.loss == hb.loss
