@@ -401,7 +401,10 @@ class Sequential(Node):
         by ``sample_weight``); returns the loss.
 
         Refuses a step whose loss or gradient is NaN or inf (``fastbp.TrainingError``),
-        leaving the parameters unchanged.
+        leaving the parameters unchanged. Afterwards ``grads`` holds the step's gradient,
+        except the linear layers' dW after a one-row step of SGD without momentum or
+        clipping, which updates W from dz and y without forming dW (``loss_and_grad`` gives
+        the whole gradient).
         """
         ready = self._ready(X)  # then the engine checks X's values
         if ready:
