@@ -1,7 +1,10 @@
 """Small datasets that ship with the install (no downloads)."""
 
+import gzip
+import importlib.util
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -21,10 +24,27 @@ def digits():
     >>> X.shape, float(X.max()), sorted(set(y.tolist())) == list(range(10))
     ((1797, 64), 1.0, True)
     """
-    from sklearn.datasets import load_digits
+    data = _digits_file()
+    if data is None:  # not where scikit-learn keeps it: let scikit-learn read it
+        from sklearn.datasets import load_digits
 
-    data = load_digits()
-    return data.data.astype(np.float64) / 16.0, data.target.astype(np.int64)
+        bunch = load_digits()
+        data = np.column_stack([bunch.data, bunch.target])
+    return data[:, :-1] / 16.0, data[:, -1].astype(np.int64)
+
+
+def _digits_file():
+    """scikit-learn's ``digits.csv.gz`` (pixels, then the digit, per row), read without
+    importing scikit-learn (1.5 s of ``fastbp demo``; the file takes 30 ms), or None."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            with gzip.open(path, "rt") as f:
+                data = np.loadtxt(f, delimiter=",")
+            if data.shape == (1797, 65):
+                return data
+    return None
 
 
 def is_it_a_2():

@@ -1,5 +1,7 @@
 """fit, train_step and the optimizers against the seed's algorithm and written-out references."""
 
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -268,3 +270,19 @@ def test_datasets():
     assert Xs.shape == (99, 2) and np.bincount(ys).tolist() == [33, 33, 33]
     Xx, dx = fb.datasets.xor(100)
     assert np.array_equal(dx, ((Xx[:, 0] > 0) ^ (Xx[:, 1] > 0)).astype(float))
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    X, y = fb.datasets.digits()
+    ref = load_digits()
+    assert X.dtype == np.float64 and y.dtype == np.int64 and X.flags.c_contiguous
+    assert np.array_equal(X, ref.data / 16.0) and np.array_equal(y, ref.target)
+    monkeypatch.setattr(fb.datasets, "_digits_file", lambda: None)  # the fallback: sklearn's
+    Xf, yf = fb.datasets.digits()
+    assert np.array_equal(Xf, X) and np.array_equal(yf, y)
+    code = ("import sys, fastbp\n"
+            "X, y = fastbp.datasets.digits()\n"
+            "assert X.shape == (1797, 64) and 'sklearn' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
