@@ -35,7 +35,7 @@ def digits():
 
 def _digits_file():
     """scikit-learn's ``digits.csv.gz`` (pixels, then the digit, per row), read without
-    importing scikit-learn (1.5 s of ``fastbp demo``; the file takes 30 ms), or None."""
+    importing scikit-learn (1.5 s here; the file takes 30 ms), or None."""
     spec = importlib.util.find_spec("sklearn")
     for root in (spec.submodule_search_locations or []) if spec else []:
         path = os.path.join(root, "datasets", "data", "digits.csv.gz")
