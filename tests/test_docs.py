@@ -47,7 +47,7 @@ def _commands(lines):
 def test_readme_test_command_is_what_ci_runs():
     readme = [c for _, block in readme_blocks("bash") for c in _commands(block.splitlines())
               if "pytest" in c]
-    assert readme == ["python -m pytest -q"]  # plain: pyproject adds the doctests
+    assert readme == ["python -m pytest -q -n 2"]  # pyproject adds the doctests
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert readme[0] in _commands(ci)
 
