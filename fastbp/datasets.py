@@ -37,7 +37,8 @@ def _digits_file():
     """scikit-learn's ``digits.csv.gz`` (pixels, then the digit, per row), read without
     importing scikit-learn (1.5 s here; the file takes 30 ms), or None."""
     spec = importlib.util.find_spec("sklearn")
-    for root in (spec.submodule_search_locations or []) if spec else []:
+    roots = spec.submodule_search_locations if spec is not None else None
+    for root in roots or []:
         path = os.path.join(root, "datasets", "data", "digits.csv.gz")
         if os.path.isfile(path):
             with gzip.open(path, "rt") as f:
