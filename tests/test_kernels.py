@@ -19,6 +19,7 @@ from numba.core.registry import CPUDispatcher
 import fastbp.kernels
 from fastbp import nodes
 import reference as R
+from reference_training import sgd
 from conftest import DTYPES
 from fastbp.kernels import activations as KA
 from fastbp.kernels import dense as KD
@@ -839,8 +840,9 @@ def test_row_block_halves_the_rows_in_multiples_of_64():
 
 
 # ==============================================================================================
-# optim: the finite check that gates every update, and the serial twins of the updates (the
-# updates themselves are checked against the reference in tests/test_training.py)
+# optim: the finite checks that gate every update, the one-row SGD update, and the serial twins
+# of the updates (the updates themselves are checked against the reference in
+# tests/test_training.py)
 # ==============================================================================================
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", ["all_finite", "all_finite_serial"])
@@ -859,6 +861,38 @@ def test_all_finite_finds_every_nan_and_inf(rng, dtype, kernel, n):
             b[pos] = bad
             assert not check(b, ok), (pos, bad)
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_outer_finite_equals_numpys_test_of_the_outer_product(dtype):
+    info = np.finfo(dtype)
+    values = np.array([0.0, -0.0, 1.0, -3.0, info.tiny, info.max, -info.max, np.sqrt(info.max),
+                       2 * np.sqrt(info.max), np.nan, np.inf, -np.inf], dtype)
+    rng = np.random.default_rng(5)
+    seen = set()
+    for _ in range(400):
+        a = rng.choice(values, size=rng.integers(1, 5)) * rng.uniform(0.5, 1, 1).astype(dtype)
+        b = rng.choice(values, size=rng.integers(1, 5))
+        with np.errstate(all="ignore"):
+            want = bool(np.isfinite(np.outer(a, b)).all())
+        assert KO.outer_finite(a, b) == want, (a, b)
+        seen.add(want)
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_one_row_sgd_equals_sgd_on_the_outer_product(dtype, weight_decay):
+    """sgd_rank1 steps W exactly as the reference SGD on dW = 0 + dz y^T, as the dense kernels
+    compute it for one row (zeros of either sign included)."""
+    rng = np.random.default_rng(6)
+    W = rng.normal(size=(7, 33)).astype(dtype)
+    W[0, :3] = [0.0, -0.0, -0.0]
+    dz, y = rng.normal(size=7).astype(dtype), rng.normal(size=33).astype(dtype)
+    dz[1], y[[0, 1]] = -0.0, [0.0, -0.0]
+    want = sgd(W.copy(), dtype(0) + np.outer(dz, y), {}, lr=dtype(0.1),
+               weight_decay=dtype(weight_decay))
+    KO.sgd_rank1(W, dz, y, 0.1, weight_decay)
+    assert want.dtype == dtype and W.tobytes() == want.tobytes()
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_optimizer_serial_twins_are_bit_identical(rng, dtype):
