@@ -115,7 +115,7 @@ def test_train_step_engine_equals_per_node():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", ["mlp", "gated", "mixed", "blas"])
+@pytest.mark.parametrize("name", ["mlp", "gated", "mixed", "blas", "norm"])
 @pytest.mark.parametrize("weight_decay, batch", [(0.0, 1), (0.01, 1), (0.0, 4)])
 def test_one_row_sgd_updates_w_from_dz_and_y_as_the_per_node_path(dtype, name, weight_decay,
                                                                   batch):
@@ -124,7 +124,11 @@ def test_one_row_sgd_updates_w_from_dz_and_y_as_the_per_node_path(dtype, name, w
     of 9 rows: two steps of 4 rows, then the last row so)."""
     nets = dict(_nets(dtype), blas=lambda: fb.Sequential(  # products that run through BLAS
         fb.Linear(8, 64), fb.ReLU(), fb.Linear(64, 40), fb.Tanh(), fb.Linear(40, 3),
-        fb.Softmax(), dtype=dtype, seed=5))
+        fb.Softmax(), dtype=dtype, seed=5),
+        norm=lambda: fb.Sequential(  # parameters between the linear layers' W: several ranges
+            fb.Linear(8, 16), fb.LayerNorm(16), fb.Dropout(0.25, seed=1), fb.Tanh(),
+            fb.Linear(16, 6, bias=False), fb.LayerNorm(6), fb.Linear(6, 3), fb.Softmax(),
+            dtype=dtype, seed=6))
     rng = np.random.default_rng(7)
     X, d = rng.uniform(0.1, 1.0, size=(9, 8)), rng.integers(0, 3, 9)
     a, b = nets[name](), nets[name]()
@@ -136,6 +140,8 @@ def test_one_row_sgd_updates_w_from_dz_and_y_as_the_per_node_path(dtype, name, w
     update = _config.op_kernel(KE.linear_sgd, a.dtype.type, KERNEL=KO.sgd_rank1).address
     steps = [p for key, (p, _) in tape.workspace(1).programs.items() if key[:2] == ("step", 1)]
     assert steps and all(update in p[:, 0] for p in steps)  # the path this test is about ran
+    if name == "norm":  # b1 with the first norm's gain and shift, the second's, b3
+        assert tape.rest_op[KE.A2] == 3
 
 
 @pytest.mark.parametrize("engine_on", [True, False])
