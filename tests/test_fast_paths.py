@@ -124,7 +124,6 @@ def test_finite_finds_nan_and_inf_and_passes_every_finite_value(dtype):
                 assert not KO.finite(b), (n, pos, bad)
 
 
-
 def test_dense_mode_runs_as_python_with_the_compiled_rule():
     rule = _config.in_python(KD.dense_mode)
     assert not hasattr(rule, "py_func")  # plain Python, its callee (row_block) too
