@@ -38,7 +38,7 @@ def affine(y, W, b, z):
         KD.dense_forward(y, W, b, z, np.empty((W.shape[1], W.shape[0]), z.dtype))
     else:
         (KD.dense_forward_blas if mode == KD.BLAS_MODE else KD.dense_forward_blas_serial)(
-            y, W, b, z)
+            y, W, b, z, np.empty((W.shape[0], y.shape[0]), z.dtype))
 
 
 def affine_backward(dz, y, W, dW, db, dy, need_dy):

@@ -88,7 +88,8 @@ def _up(a):
 # Coverage: every kernel in the numeric kernel modules is exercised by a test below
 # ==============================================================================================
 TESTED = {
-    "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "unit_block", "dense_forward", "dense_backward_params",
+    "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "unit_block",
+              "forward_by_units", "dense_forward", "dense_backward_params",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas"},
     # FORWARD/BACKWARD hold elementwise_forward/backward made for each kind
@@ -133,8 +134,8 @@ def test_every_kernel_is_tested_here():
 DENSE_SHAPES = [(1, 1, 1), (1, 33, 17), (5, 3, 7), (4, 17, 1), (9, 7, 33)]  # (T, D_in, D_out)
 DENSE_FORWARD = {  # kernel: call with (y, W, b, z)
     "loop": lambda y, W, b, z: KD.dense_forward(y, W, b, z, _scratch_WT(W)),
-    "blas": KD.dense_forward_blas,
-    "blas_serial": KD.dense_forward_blas_serial,
+    "blas": lambda y, W, b, z: KD.dense_forward_blas(y, W, b, z, _scratch_zT(z)),
+    "blas_serial": lambda y, W, b, z: KD.dense_forward_blas_serial(y, W, b, z, _scratch_zT(z)),
     "affine": nodes.affine,
 }
 DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
@@ -158,6 +159,9 @@ def _scratch_dzT(dz):
     return np.full((dz.shape[1], dz.shape[0]), np.nan, dz.dtype)
 
 
+_scratch_zT = _scratch_dzT
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T,D_in,D_out", DENSE_SHAPES)
 @pytest.mark.parametrize("kernel", sorted(DENSE_FORWARD))
@@ -171,6 +175,27 @@ def test_dense_forward(rng, kernel, dtype, T, D_in, D_out):
     R.assert_close(z, expected, dtype, scale, what="z")
     if T > 1:  # the all-zero row gives exactly the bias
         np.testing.assert_array_equal(z[1], b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_forward_by_units(rng, dtype):
+    """Rows in one block, units in two (128 + 2) and work enough for the threads: the BLAS
+    kernels compute z^T by blocks of units into the scratch; right against the reference, the
+    bias exact on the zero row, and the same bits in the parallel kernel, its serial twin and
+    the per-node choice."""
+    T, D_in, D_out = 9, 8192, 130
+    assert KD.forward_by_units(T, D_out, D_in) and KD.unit_block(D_out) == 128
+    y, W, b = _data(rng, (T, D_in), dtype), _data(rng, (D_out, D_in), dtype, False), \
+        _data(rng, (D_out,), dtype)
+    expected = R.linear_forward(_up(y), _up(W), _up(b))
+    scale = R.linear_forward(np.abs(_up(y)), np.abs(_up(W)), np.abs(_up(b)))
+    out = {}
+    for kernel in ("blas", "blas_serial", "affine"):
+        z = out[kernel] = np.full((T, D_out), np.nan, dtype)
+        DENSE_FORWARD[kernel](y, W, b, z)
+        R.assert_close(z, expected, dtype, scale, what=f"z ({kernel})")
+        np.testing.assert_array_equal(z[1], b)
+    assert out["blas"].tobytes() == out["blas_serial"].tobytes() == out["affine"].tobytes()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -213,12 +238,17 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert KD.dense_mode(2, 16, 16) == KD.BLAS_SERIAL_MODE  # 2^9
     assert KD.dense_mode(1, 10, 256) == KD.BLAS_SERIAL_MODE  # one row of W6's output layer
     assert KD.dense_mode(8, 128, 64) == KD.BLAS_SERIAL_MODE  # 2^16: too little to split
-    assert KD.PAR_MIN_WORK == 1 << 24
+    assert KD.PAR_MIN_WORK == 1 << 23
     assert KD.dense_mode(8, 256, 8192) == KD.BLAS_MODE  # 2^24 in four blocks of units
-    assert KD.dense_mode(512, 256, 128) == KD.BLAS_MODE  # 2^24 in two blocks of rows
-    assert KD.dense_mode(256, 256, 128) == KD.BLAS_SERIAL_MODE  # 2^23: too little to split
+    assert KD.dense_mode(256, 256, 128) == KD.BLAS_MODE  # 2^23 in two blocks of rows
+    assert KD.dense_mode(256, 128, 128) == KD.BLAS_SERIAL_MODE  # 2^22: too little to split
     assert KD.dense_mode(64, 64, 4096) == KD.BLAS_SERIAL_MODE  # 2^24 but one block
     assert KD.dense_mode(32, 64, 8192) == KD.BLAS_SERIAL_MODE  # 2^24 but one block
+    # W3a's first layer: 64 rows make one block, 256 units two (forward by units)
+    assert KD.dense_mode(64, 256, 784) == KD.BLAS_MODE and KD.forward_by_units(64, 256, 784)
+    assert not KD.forward_by_units(128, 256, 784)  # two blocks of rows
+    assert not KD.forward_by_units(64, 64, 4096)  # one block of units
+    assert not KD.forward_by_units(64, 128, 512)  # 2^22: too little to split
     for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
                                    ((3, 100, 300), "blas_serial"), ((3, 2048, 4096), "blas"),
                                    ((64, 512, 512), "blas")]:
@@ -743,7 +773,7 @@ def _twin_args(name, rng, dtype):
     KP.max_forward(f(T, D), indptr, indices, e(T, M), arg)
     return {
         # 300 rows: two BLAS blocks of rows (192 + 108); 5 rows: the per-row GEMV path
-        "dense_forward_blas": (KD, (f(300, D), f(M, D), f(M), e(300, M)), (3,)),
+        "dense_forward_blas": (KD, (f(300, D), f(M, D), f(M), e(300, M), e(M, 300)), (3,)),
         "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
         "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
         "scalar_forward": (_ACTIVATIONS, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),

@@ -53,6 +53,15 @@ def fingerprints():
         parts["mlp loss"] = np.array([value])
         parts["mlp grads"] = mlp.flat_grads
         parts["mlp predict"] = mlp.predict(X)
+        # rows in one block and 130 units in two: the forward GEMM split by units
+        wide = fb.Sequential(fb.Linear(1100, 130), fb.Tanh(), fb.Linear(130, 3), dtype=dtype,
+                             seed=6)
+        assert fb.kernels.dense.forward_by_units(60, 130, 1100)
+        X = rng.normal(size=(60, 1100)).astype(dtype)
+        value = wide.loss_and_grad(X, rng.normal(size=(60, 3)), fb.L2())
+        parts["wide loss"] = np.array([value])
+        parts["wide grads"] = wide.flat_grads
+        parts["wide predict"] = wide.predict(X)
         for k, v in parts.items():
             out[f"{name} {k}"] = hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
     return out
@@ -72,7 +81,7 @@ def _run(threads):
 def test_bit_identical_with_1_and_2_threads_in_subprocesses():
     one, two = _run(1), _run(2)
     assert one.pop("threads") == 1 and two.pop("threads") == 2
-    assert len(one) == 18
+    assert len(one) == 24
     differ = sorted(k for k in one if one[k] != two[k])
     assert not differ, f"results depend on the thread count: {differ}"
 

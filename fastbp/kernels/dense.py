@@ -6,7 +6,8 @@
   computed as axpy over the contiguous output row, which LLVM vectorises without reordering any
   sum. They run on the calling thread.
 - BLAS kernels (``*_blas``): one single-threaded GEMM per fixed block of outputs
-  (``row_block(T)`` rows, or ``UNIT_BLOCK`` units), blocks spread over numba's threads. OpenBLAS gives
+  (``row_block(T)`` rows, or units: ``unit_block(n_out)`` for a forward of one block of rows
+  and for dW, ``UNIT_BLOCK`` for a few rows), blocks spread over numba's threads. OpenBLAS gives
   different bits with different thread counts (measured on 7 of 22 shapes), so it runs on one
   thread (see ``_config``) and the blocks, fixed by the sizes alone, carry the parallelism.
 - ``dense_mode`` picks one from the sizes alone, so the per-node path and the engine always pick
@@ -27,10 +28,10 @@ from .._config import ARITH, PARALLEL, SERIAL, njit, serial_twin
 LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
 BLAS_MIN_WORK = 1 << 9  # multiply-adds from which a BLAS call beats the loop kernels (measured:
 # from 1x16x16 forward, 1x10x64 backward; 1x256x10 forward took 7.1 us in loops, 0.9 in BLAS)
-PAR_MIN_WORK = 1 << 24  # multiply-adds from which spreading blocks over threads pays. Measured
-# on a 2-core Xeon (2026-12-01, forward + backward, medians of 9): 64x256x784 and 256x256x784
-# ran as fast on one thread as on two, 256x128x256 1.4x faster on one, 128x256x784 1.4x
-# faster on two; a 512x4096x4096 GEMM 1.44x faster on two (NumPy's own 2-thread GEMM: the same)
+PAR_MIN_WORK = 1 << 23  # multiply-adds from which spreading blocks over threads pays. Measured
+# on a 2-core Zen3 EPYC (2026-12-02, float32, best of 9): 256x256x128 1.5-2x faster on two
+# threads (forward, dW and dy), 64x256x784 1.45x (forward by units, dW), 64x128x256 1.1x slower;
+# on a 2-core Xeon (2026-12-01) 256x128x256 had been 1.4x faster on one and 64x256x784 even
 ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T
 UNIT_BLOCK = 64  # BLAS kernels' block of units of z for fewer than FEW rows
 FEW = 8
@@ -111,12 +112,31 @@ def dense_backward_input(dz, W, dy):
             _axpy(dz[t, j], W[j, i0:i1], dy[t, i0:i1])
 
 
+@njit(**SERIAL)
+def forward_by_units(T, n_out, n_in):
+    """Whether the forward GEMM of a (T, n_in) x (n_in, n_out) product is split by units: where
+    the rows make one block but the units two or more, and the work is enough for the threads
+    (sizes alone, as ``dense_mode``)."""
+    return T >= FEW and -(-T // row_block(T)) < 2 and -(-n_out // unit_block(n_out)) >= 2 \
+        and T * n_out * n_in >= PAR_MIN_WORK
+
+
 @njit(**PARALLEL)
-def dense_forward_blas(y, W, b, z):
-    """z = y W^T + b by GEMM on blocks of ``row_block(T)`` rows (GEMV on blocks of UNIT_BLOCK
-    units when there are fewer than FEW rows); each block owns its part of z."""
+def dense_forward_blas(y, W, b, z, S):
+    """z = y W^T + b by GEMM on blocks of ``row_block(T)`` rows, or (``forward_by_units``) on
+    blocks of ``unit_block(n_out)`` units, each computing its rows of z^T into the scratch S
+    (n_out x T) and adding b while writing them back; GEMV on blocks of UNIT_BLOCK units when
+    there are fewer than FEW rows. Each block owns its part of z."""
     T, n_out = z.shape
-    if T >= FEW:
+    if forward_by_units(T, n_out, y.shape[1]):
+        ub = unit_block(n_out)
+        for k in prange(-(-n_out // ub)):
+            j0, j1 = k * ub, min(n_out, (k + 1) * ub)
+            np.dot(W[j0:j1], y.T, S[j0:j1])
+            for t in range(T):
+                for j in range(j0, j1):
+                    z[t, j] = S[j, t] + b[j]
+    elif T >= FEW:
         rb = row_block(T)
         for k in prange(-(-T // rb)):
             lo, hi = k * rb, min(T, (k + 1) * rb)

@@ -106,15 +106,15 @@ def load_batch(ctx, op, rows):
 
 @njit(**OP)
 def linear_forward(ctx, op, rows):
-    """z = y W^T + b by a dense BLAS kernel KERNEL(y, W, b, z) or, not BLAS, the loop kernel
-    KERNEL(y, W, b, z, W^T scratch)."""
+    """z = y W^T + b by a dense BLAS kernel KERNEL(y, W, b, z, z^T scratch) or, not BLAS, the
+    loop kernel KERNEL(y, W, b, z, W^T scratch)."""
     c, o = _fields(ctx, op)
     n_in, n_out = o[N_IN], o[N_OUT]
     y, z = _mat(c[ACT], o[IN], rows, n_in, DT), _mat(c[ACT], o[OUT], rows, n_out, DT)
     Wm = _mat(c[PARAMS], o[W], n_out, n_in, DT)
     b = _vec(c[PARAMS], o[B], n_out, DT) if o[B] >= 0 else _vec(c[ZEROS], 0, n_out, DT)
     if BLAS:
-        KERNEL(y, Wm, b, z)
+        KERNEL(y, Wm, b, z, _mat(c[SCRATCH], 0, n_out, rows, DT))
     else:
         KERNEL(y, Wm, b, z, _mat(c[SCRATCH], 0, n_in, n_out, DT))
 
