@@ -23,7 +23,7 @@ from numba import prange
 # (``z[t, :] += b``) compiles its broadcasting and error messages into every kernel, 3.5-4 s of
 # compiling where the loop takes 0.2 s (measured), for the same arithmetic.
 
-from .._config import ARITH, PARALLEL, SERIAL, njit, serial_twin
+from .._config import ARITH, GLUE, PARALLEL, SERIAL, njit, serial_twin
 
 LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
 BLAS_MIN_WORK = 1 << 9  # multiply-adds from which a BLAS call beats the loop kernels (measured:
@@ -112,7 +112,7 @@ def dense_backward_input(dz, W, dy):
             _axpy(dz[t, j], W[j, i0:i1], dy[t, i0:i1])
 
 
-@njit(**SERIAL)
+@njit(**GLUE)
 def forward_by_units(T, n_out, n_in):
     """Whether the forward GEMM of a (T, n_in) x (n_in, n_out) product is split by units: where
     the rows make one block but the units two or more, and the work is enough for the threads
@@ -124,26 +124,24 @@ def forward_by_units(T, n_out, n_in):
 @njit(**PARALLEL)
 def dense_forward_blas(y, W, b, z, S):
     """z = y W^T + b by GEMM on blocks of ``row_block(T)`` rows, or (``forward_by_units``) on
-    blocks of ``unit_block(n_out)`` units, each computing its rows of z^T into the scratch S
-    (n_out x T) and adding b while writing them back; GEMV on blocks of UNIT_BLOCK units when
-    there are fewer than FEW rows. Each block owns its part of z."""
+    blocks of ``unit_block(n_out)`` units, each into its own part of the scratch S (n_out x T
+    elements), then adding b while writing it into z; GEMV on blocks of UNIT_BLOCK units when
+    there are fewer than FEW rows. Each block owns its part of z (one GEMM call site for both
+    splits: each call site of np.dot costs 0.2-0.3 s of compiling)."""
     T, n_out = z.shape
-    if forward_by_units(T, n_out, y.shape[1]):
-        ub = unit_block(n_out)
-        for k in prange(-(-n_out // ub)):
-            j0, j1 = k * ub, min(n_out, (k + 1) * ub)
-            np.dot(W[j0:j1], y.T, S[j0:j1])
-            for t in range(T):
-                for j in range(j0, j1):
-                    z[t, j] = S[j, t] + b[j]
-    elif T >= FEW:
-        rb = row_block(T)
-        for k in prange(-(-T // rb)):
-            lo, hi = k * rb, min(T, (k + 1) * rb)
-            np.dot(y[lo:hi], W.T, z[lo:hi])
+    if T >= FEW:
+        units = forward_by_units(T, n_out, y.shape[1])
+        rb, ub = (T, unit_block(n_out)) if units else (row_block(T), n_out)
+        nr, nu = -(-T // rb), -(-n_out // ub)
+        flat = S.reshape(S.size)
+        for k in prange(nr * nu):
+            lo, hi = (k // nu) * rb, min(T, (k // nu + 1) * rb)
+            j0, j1 = (k % nu) * ub, min(n_out, (k % nu + 1) * ub)
+            out = flat[j0 * T:j1 * T].reshape((T, j1 - j0)) if units else z[lo:hi]
+            np.dot(y[lo:hi], W[j0:j1].T, out)
             for t in range(lo, hi):
-                for j in range(n_out):
-                    z[t, j] += b[j]
+                for j in range(j0, j1):
+                    z[t, j] = out[t - lo, j - j0] + b[j]
     else:
         nj = -(-n_out // UNIT_BLOCK)
         for k in prange(T * nj):
