@@ -139,9 +139,14 @@ def dense_forward_blas(y, W, b, z, S):
             j0, j1 = (k % nu) * ub, min(n_out, (k % nu + 1) * ub)
             out = flat[j0 * T:j1 * T].reshape((T, j1 - j0)) if units else z[lo:hi]
             np.dot(y[lo:hi], W[j0:j1].T, out)
-            for t in range(lo, hi):
-                for j in range(j0, j1):
-                    z[t, j] = out[t - lo, j - j0] + b[j]
+            if units:
+                for t in range(T):
+                    for j in range(j0, j1):
+                        z[t, j] = out[t, j - j0] + b[j]
+            else:  # in place (reading ``out`` here, an alias of z, would not vectorise)
+                for t in range(lo, hi):
+                    for j in range(n_out):
+                        z[t, j] += b[j]
     else:
         nj = -(-n_out // UNIT_BLOCK)
         for k in prange(T * nj):
