@@ -9,10 +9,13 @@ blocks ``[n r / size, n (r + 1) / size)``. A rank computes each of its blocks' m
 with the same kernels as a single process (the compiled engine where it runs the network, as
 ``fit`` does, else node by node), and weights it by the block's share of the batch.
 
-- ``deterministic=True``: the block gradients are gathered and every rank sums them in block
-  order, so the result does not depend on the number of ranks (or threads): parameters are
-  bit-identical for any number of ranks (tested with 1, 2 and 3). It moves ``blocks x
-  parameters`` numbers per step, and at most ``blocks`` ranks share a batch.
+- ``deterministic=True``: the block gradients are summed in one fixed order, a balanced tree
+  over the blocks (``tree_sum``), so the result does not depend on the number of ranks (or
+  threads): parameters are bit-identical for any number of ranks (tested with 1, 2, 3 and 4).
+  With a power of two of ranks, each rank's blocks are a subtree: it sums them, and the
+  ranks combine their sums pairwise (one gradient sent and received per doubling of the
+  ranks). Other rank counts gather every block and sum the same tree. At most ``blocks``
+  ranks share a batch.
 - ``deterministic=False``: each rank computes the gradient of all its blocks' rows in one call
   and one ``Allreduce`` adds the ranks' (MPI does not fix the order of that sum: equal to
   rounding, not bit for bit). It moves one gradient per rank per step.
@@ -68,7 +71,8 @@ def _raise_any(comm, announced, err):
 
 def check_comm(comm):
     """``comm`` if it looks like an mpi4py communicator; TypeError otherwise."""
-    needed = ("Get_rank", "Get_size", "allgather", "Allgatherv", "Allreduce", "Bcast")
+    needed = ("Get_rank", "Get_size", "allgather", "Allgatherv", "Allreduce", "Bcast",
+              "Sendrecv")
     missing = [m for m in needed if not hasattr(comm, m)]
     if missing:
         raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD); "
@@ -217,16 +221,7 @@ class Plan:
             for x in p[:-2]:
                 value += x
         if self.deterministic:
-            if self.size > 1:  # every rank's blocks into their places, in place
-                from mpi4py import MPI
-
-                counts = [(self.blocks(n, r)[1] - self.blocks(n, r)[0]) * P
-                          for r in range(self.size)]
-                self.comm.Allgatherv(MPI.IN_PLACE, [every, counts, list(np.cumsum(
-                    [0] + counts[:-1])), MPI.FLOAT if net.dtype == np.float32 else MPI.DOUBLE])
-            g[...] = every[0]
-            for j in range(1, n):
-                g += every[j]
+            g[...] = self._tree_total(every, n, b0, b1, net.dtype)
         elif self.size > 1:
             from mpi4py import MPI
 
@@ -235,6 +230,36 @@ class Plan:
             raise TrainingError(not_finite(net, loss))
         optimizer.step(net)
         return value, int(sum(p[-2] for p in parts))
+
+    def _tree_total(self, every, n, b0, b1, dtype):
+        """The sum of the n block gradients ``every`` (this rank's, rows b0 to b1, filled) by
+        ``tree_sum``'s fixed order, the same on every rank and for every rank count. With a
+        power of two of ranks (``pairwise``) this rank sums its own blocks, a subtree, and the
+        ranks add their sums pairwise, rank r with r ^ 2^l at level l (a + b == b + a exactly,
+        so both of a pair get the same bits), each level one exchange of one gradient.
+        Otherwise every block goes to every rank (one ``Allgatherv``) and each sums them all.
+        Sums in place in ``every``."""
+        if self.size == 1:
+            return tree_sum(every, 0, n)
+        from mpi4py import MPI
+
+        kind = MPI.FLOAT if dtype == np.float32 else MPI.DOUBLE
+        if not pairwise(n, self.size):
+            P = every.shape[1]
+            counts = [(self.blocks(n, r)[1] - self.blocks(n, r)[0]) * P
+                      for r in range(self.size)]
+            self.comm.Allgatherv(MPI.IN_PLACE, [every, counts, list(np.cumsum(
+                [0] + counts[:-1])), kind])
+            return tree_sum(every, 0, n)
+        acc = tree_sum(every, b0, b1)
+        other = self._buffer(("other", every.shape[1], dtype.str), (every.shape[1],), dtype)
+        step = 1
+        while step < self.size:
+            partner = self.rank ^ step
+            self.comm.Sendrecv([acc, kind], dest=partner, recvbuf=[other, kind], source=partner)
+            acc += other
+            step *= 2
+        return acc
 
     def _exchange(self, mine, n):
         """Every rank's ``mine`` (its blocks' loss shares, rows right, failed), by rank: one
@@ -254,11 +279,37 @@ class Plan:
         """A buffer kept from step to step (a new one each step costs its page faults: 336 MB
         of them per W4 step)."""
         if key not in self._buffers:
-            if len(self._buffers) >= 4:  # the blocks of full and of last batches
+            if len(self._buffers) >= 6:  # blocks and a partner's sum, full and last batches
                 self._buffers.clear()
             self._buffers[key] = np.empty(shape, dtype)
         return self._buffers[key]
 
     def blocks(self, n, rank):
-        """The blocks ``[first, end)`` of n that ``rank`` computes."""
-        return n * rank // self.size, n * (rank + 1) // self.size
+        """The blocks ``[first, end)`` of n that ``rank`` computes: with a power of two of
+        ranks, the subtree of ``tree_sum``'s order found by halving [0, n) as it does (the
+        lower half to the lower ranks); else ``[n rank / size, n (rank + 1) / size)``."""
+        if self.size & (self.size - 1):
+            return n * rank // self.size, n * (rank + 1) // self.size
+        lo, hi, group = 0, n, self.size
+        while group > 1:
+            group //= 2
+            mid = lo + (hi - lo) // 2
+            lo, hi = (lo, mid) if rank & group == 0 else (mid, hi)
+        return lo, hi
+
+
+def tree_sum(every, lo, hi):
+    """The sum of rows ``lo`` to ``hi`` of ``every`` in a fixed order: the sum of the first
+    (hi - lo) // 2 rows plus the sum of the others, each summed so in turn (a balanced binary
+    tree). Computed in place: returns row lo, which then holds the sum."""
+    if hi - lo > 1:
+        mid = lo + (hi - lo) // 2
+        a, b = tree_sum(every, lo, mid), tree_sum(every, mid, hi)
+        a += b
+    return every[lo]
+
+
+def pairwise(n, size):
+    """Whether ``size`` ranks sum n blocks by ``tree_sum``'s order pairwise: size a power of
+    two (``Plan.blocks`` then gives each rank a subtree) and a block for every rank."""
+    return size & (size - 1) == 0 and n >= size

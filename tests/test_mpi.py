@@ -37,14 +37,67 @@ def run(tmp_path, ranks, timeout=120, threads=1, name="run", **cfg):
     return p, statuses, result
 
 
-def test_deterministic_parameters_are_bit_identical_for_1_2_and_3_ranks(tmp_path):
-    runs = {n: run(tmp_path, n, name=f"det{n}") for n in (1, 2, 3)}
+def test_tree_sum_is_the_balanced_tree_over_the_blocks():
+    from fastbp.distributed import tree_sum
+
+    def reference(rows):  # written out: the first half's sum plus the second half's
+        if len(rows) == 1:
+            return rows[0].copy()
+        return reference(rows[:len(rows) // 2]) + reference(rows[len(rows) // 2:])
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 10):
+        every = (rng.standard_normal((n, 257)) * 10.0 ** rng.integers(-3, 4, (n, 1))).astype(
+            np.float32)
+        want = reference(list(every))
+        got = tree_sum(every, 0, n)
+        assert got.tobytes() == want.tobytes(), n
+    every = (rng.standard_normal((7, 257)) * 10.0 ** rng.integers(-3, 4, (7, 1))).astype(
+        np.float32)
+    seq = every[0].copy()
+    for row in every[1:]:
+        seq += row
+    assert tree_sum(every.copy(), 0, 7).tobytes() != seq.tobytes()  # another order than in turn
+
+
+def test_pairwise_sums_of_the_ranks_blocks_give_the_tree_sum():
+    """With a power of two of ranks each rank's blocks are a subtree: its sum, combined
+    pairwise (rank r with r ^ 2^l at level l, as ``Plan._tree_total`` does), is bit for bit
+    the tree sum of all blocks; other rank counts take blocks in contiguous runs."""
+    from fastbp.distributed import Plan, pairwise, tree_sum
+
+    rng = np.random.default_rng(1)
+    for size in (1, 2, 4, 8):
+        plan = Plan.__new__(Plan)  # blocks() needs only the size
+        plan.size = size
+        for n in range(size, 40):
+            spans = [plan.blocks(n, r) for r in range(size)]
+            assert spans[0][0] == 0 and spans[-1][1] == n and all(
+                a[1] == b[0] < b[1] for a, b in zip(spans, spans[1:])), (n, size, spans)
+            every = (rng.standard_normal((n, 33)) * 10.0 ** rng.integers(-3, 4, (n, 1))
+                     ).astype(np.float32)
+            want = tree_sum(every.copy(), 0, n)
+            acc = [tree_sum(every.copy(), lo, hi).copy() for lo, hi in spans]
+            step = 1
+            while step < size:
+                acc = [acc[r] + acc[r ^ step] for r in range(size)]
+                step *= 2
+            assert pairwise(n, size)
+            assert all(a.tobytes() == want.tobytes() for a in acc), (n, size)
+        assert not pairwise(size - 1, size) or size == 1
+    plan.size = 3
+    assert not pairwise(9, 3) and [plan.blocks(9, r) for r in range(3)] == [(0, 3), (3, 6),
+                                                                            (6, 9)]
+
+
+def test_deterministic_parameters_are_bit_identical_for_1_2_3_and_4_ranks(tmp_path):
+    runs = {n: run(tmp_path, n, name=f"det{n}") for n in (1, 2, 3, 4)}
     for n, (p, statuses, result) in runs.items():
         assert p.returncode == 0, p.stderr[-2000:]
         assert all(s["ok"] for s in statuses), statuses
         assert all(s["loss"] == statuses[0]["loss"] for s in statuses)  # one history
     one = runs[1][2]
-    for n in (2, 3):
+    for n in (2, 3, 4):
         np.testing.assert_array_equal(runs[n][2]["params"], one["params"])
         np.testing.assert_array_equal(runs[n][2]["loss"], one["loss"])
 
