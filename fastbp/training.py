@@ -172,9 +172,9 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
         in blocks of ``block_rows`` rows, and the gradient is summed over the ranks. Rank 0
         writes the checkpoints and shows the progress bar; every rank gets the same history.
     deterministic : bool
-        With ``comm``: sum the blocks' gradients in block order, so the parameters are
-        bit-identical for any number of ranks (True), or add the ranks' sums with one
-        ``Allreduce``, equal to rounding and moving less data (False).
+        With ``comm``: sum the blocks' gradients in one fixed order (a balanced tree over the
+        blocks), so the parameters are bit-identical for any number of ranks (True), or add
+        the ranks' sums with one ``Allreduce``, equal to rounding (False).
     block_rows : int
         With ``comm``: the rows per block of a global batch (at most ``batch_size /
         block_rows`` ranks share a batch in deterministic mode).
