@@ -5,7 +5,8 @@ dtype: each rank checks it once for NaN and inf, then reads only the rows it tra
 ranks draw the same permutation, so every global minibatch of ``batch_size`` rows is the same
 on every rank count. Its rows are cut into blocks of
 ``block_rows`` consecutive positions, and the blocks are shared out in order: rank r computes
-blocks ``[n r / size, n (r + 1) / size)``. A rank computes each of its blocks' mean gradient
+blocks ``[n r / size, n (r + 1) / size)``, or with a power of two of ranks the r-th subtree of
+the order the deterministic mode sums in (``Plan.blocks``). A rank computes each of its blocks' mean gradient
 with the same kernels as a single process (the compiled engine where it runs the network, as
 ``fit`` does, else node by node), and weights it by the block's share of the batch.
 

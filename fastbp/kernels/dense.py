@@ -31,7 +31,8 @@ BLAS_MIN_WORK = 1 << 9  # multiply-adds from which a BLAS call beats the loop ke
 PAR_MIN_WORK = 1 << 23  # multiply-adds from which spreading blocks over threads pays. Measured
 # on a 2-core Zen3 EPYC (2026-12-02, float32, best of 9): 256x256x128 1.5-2x faster on two
 # threads (forward, dW and dy), 64x256x784 1.45x (forward by units, dW), 64x128x256 1.1x slower;
-# on a 2-core Xeon (2026-12-01) 256x128x256 had been 1.4x faster on one and 64x256x784 even
+# on a 2-core Xeon (2026-12-01) 256x128x256 had been 1.4x faster on one thread and 64x256x784
+# as fast on one as on two (docs/DESIGN-NOTES.md)
 ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T
 UNIT_BLOCK = 64  # BLAS kernels' block of units of z for fewer than FEW rows
 FEW = 8
