@@ -3,12 +3,12 @@
 Every rank passes the same X and d (an array, or a memory map of one file in the network's
 dtype: each rank checks it once for NaN and inf, then reads only the rows it trains on). All
 ranks draw the same permutation, so every global minibatch of ``batch_size`` rows is the same
-on every rank count. Its rows are cut into blocks of
-``block_rows`` consecutive positions, and the blocks are shared out in order: rank r computes
-blocks ``[n r / size, n (r + 1) / size)``, or with a power of two of ranks the r-th subtree of
-the order the deterministic mode sums in (``Plan.blocks``). A rank computes each of its blocks' mean gradient
-with the same kernels as a single process (the compiled engine where it runs the network, as
-``fit`` does, else node by node), and weights it by the block's share of the batch.
+on every rank count. Its rows are cut into blocks of ``block_rows`` consecutive positions,
+and the blocks are shared out in order: rank r computes blocks ``[n r / size, n (r + 1) /
+size)``, or with a power of two of ranks the r-th subtree of the order the deterministic mode
+sums in (``Plan.blocks``). A rank computes each of its blocks' mean gradient with the same
+kernels as a single process (the compiled engine where it runs the network, as ``fit`` does,
+else node by node), and weights it by the block's share of the batch.
 
 - ``deterministic=True``: the block gradients are summed in one fixed order, a balanced tree
   over the blocks (``tree_sum``), so the result does not depend on the number of ranks (or
