@@ -8,7 +8,7 @@ import numpy as np
 
 from ._config import compile_ops, op_kernel, prefetch_ops, serial_twin_of
 from .errors import Unsupported
-from .nodes import dense_mode
+from .nodes import dense_mode, input_scratch
 from .kernels import dense as KD
 from .kernels import divergences as KDiv
 from .kernels import engine as KE
@@ -58,10 +58,10 @@ class Op:
         need_dy = bool(self.fields[KE.GIN] >= 0)
         if self.linear:
             mode = dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
-            if defer:
+            if defer:  # (BLAS: how KERNEL2 is called; DEFER computes no dW)
                 return op_kernel(KE.linear_backward, dt, KERNEL2=KD.dense_backward_input if
                                  mode == KD.LOOP_MODE else KD.dense_backward_input_blas_serial,
-                                 NEED_DY=need_dy, DEFER=True)
+                                 NEED_DY=need_dy, DEFER=True, BLAS=mode != KD.LOOP_MODE)
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
                                  KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
@@ -255,7 +255,9 @@ class Tape:
         # Scratch for W^T (loop kernels) and dz^T (BLAS kernels), shared by all linear ops.
         lin = [op.fields for op in self.ops if op.linear]
         ws.wt = np.zeros(max([1] + [int(f[KE.N_IN] * f[KE.N_OUT]) for f in lin]
-                             + [int(f[KE.N_OUT]) * rows for f in lin]), dt)
+                             + [int(f[KE.N_OUT]) * rows for f in lin]
+                             + [input_scratch(rows, int(f[KE.N_OUT]), int(f[KE.N_IN]))
+                                for f in lin]), dt)
         widths = np.array(self.widths, np.int64)
         offsets = np.concatenate([[0], np.cumsum(widths[:-1])]) * rows
         ws.act = np.zeros(int(widths.sum()) * rows, dt)

@@ -89,7 +89,8 @@ def _up(a):
 # ==============================================================================================
 TESTED = {
     "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "unit_block",
-              "forward_by_units", "dense_forward", "dense_backward_params",
+              "forward_by_units", "input_by_parts", "input_scratch", "dense_forward",
+              "dense_backward_params",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas"},
     # FORWARD/BACKWARD hold elementwise_forward/backward made for each kind
@@ -143,10 +144,10 @@ DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
                                           KD.dense_backward_input(dz, W, dy)),
     "blas": lambda dz, y, W, dW, db, dy: (
         KD.dense_backward_params_blas(dz, y, dW, db, _scratch_dzT(dz)),
-        KD.dense_backward_input_blas(dz, W, dy)),
+        KD.dense_backward_input_blas(dz, W, dy, _scratch_input(dz, W))),
     "blas_serial": lambda dz, y, W, dW, db, dy: (
         KD.dense_backward_params_blas_serial(dz, y, dW, db, _scratch_dzT(dz)),
-        KD.dense_backward_input_blas_serial(dz, W, dy)),
+        KD.dense_backward_input_blas_serial(dz, W, dy, _scratch_input(dz, W))),
     "affine": lambda dz, y, W, dW, db, dy: nodes.affine_backward(dz, y, W, dW, db, dy, True),
 }
 
@@ -160,6 +161,10 @@ def _scratch_dzT(dz):
 
 
 _scratch_zT = _scratch_dzT
+
+
+def _scratch_input(dz, W):
+    return np.full(nodes.input_scratch(dz.shape[0], W.shape[0], W.shape[1]), np.nan, dz.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -195,6 +200,30 @@ def test_dense_forward_by_units(rng, dtype):
         DENSE_FORWARD[kernel](y, W, b, z)
         R.assert_close(z, expected, dtype, scale, what=f"z ({kernel})")
         np.testing.assert_array_equal(z[1], b)
+    assert out["blas"].tobytes() == out["blas_serial"].tobytes() == out["affine"].tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_backward_input_by_parts(rng, dtype):
+    """Rows in one block, units in two (128 + 2) and work enough for the threads: dy is summed
+    from the two parts dz[:, J] W[J]; right against the reference, and the same bits in the
+    parallel kernel, its serial twin and the per-node choice (scratch filled with NaN)."""
+    T, D_in, D_out = 9, 8192, 130
+    assert KD.input_by_parts(T, D_out, D_in)
+    assert nodes.input_scratch(T, D_out, D_in) == T * D_out + T * D_in
+    assert nodes.input_scratch(200, D_out, D_in) == 64 * D_out + 64 * D_in  # up to 64 rows
+    assert nodes.input_scratch(T, D_out, 100) == 1  # too little work: one GEMM
+    y, W, dz = _data(rng, (T, D_in), dtype), _data(rng, (D_out, D_in), dtype, False), \
+        _data(rng, (T, D_out), dtype)
+    e_dy, _, _ = R.linear_backward(_up(dz), _up(y), _up(W))
+    m_dy, _, _ = R.linear_backward(np.abs(_up(dz)), np.abs(_up(y)), np.abs(_up(W)))
+    out = {}
+    for kernel in ("blas", "blas_serial", "affine"):
+        dW, db = np.full((D_out, D_in), np.nan, dtype), np.full(D_out, np.nan, dtype)
+        dy = out[kernel] = np.full((T, D_in), np.nan, dtype)
+        DENSE_BACKWARD[kernel](dz, y, W, dW, db, dy)
+        R.assert_close(dy, e_dy, dtype, m_dy, what=f"dy ({kernel})")
+        np.testing.assert_array_equal(dy[1], 0)  # the zero row of dz
     assert out["blas"].tobytes() == out["blas_serial"].tobytes() == out["affine"].tobytes()
 
 
@@ -775,7 +804,7 @@ def _twin_args(name, rng, dtype):
         # 300 rows: two BLAS blocks of rows (192 + 108); 5 rows: the per-row GEMV path
         "dense_forward_blas": (KD, (f(300, D), f(M, D), f(M), e(300, M), e(M, 300)), (3,)),
         "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
-        "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
+        "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D), e(1)), (2,)),
         "scalar_forward": (_ACTIVATIONS, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),
         "scalar_backward": (_ACTIVATIONS, (KA.RELU, 1.0, f(T * D), f(T * D), f(T * D), e(T * D)), (5,)),
         "softmax_forward": (KV, (f(T, D), e(T, D)), (1,)),

@@ -53,11 +53,13 @@ def fingerprints():
         parts["mlp loss"] = np.array([value])
         parts["mlp grads"] = mlp.flat_grads
         parts["mlp predict"] = mlp.predict(X)
-        # rows in one block and 130 units in two: the forward GEMM split by units
-        wide = fb.Sequential(fb.Linear(1100, 130), fb.Tanh(), fb.Linear(130, 3), dtype=dtype,
-                             seed=6)
+        # rows in one block and 130 units in two: the forward GEMM split by units, dy summed
+        # from two parts
+        wide = fb.Sequential(fb.Linear(5, 1100), fb.Tanh(), fb.Linear(1100, 130), fb.Tanh(),
+                             fb.Linear(130, 3), dtype=dtype, seed=6)
         assert fb.kernels.dense.forward_by_units(60, 130, 1100)
-        X = rng.normal(size=(60, 1100)).astype(dtype)
+        assert fb.kernels.dense.input_by_parts(60, 130, 1100)
+        X = rng.normal(size=(60, 5)).astype(dtype)
         value = wide.loss_and_grad(X, rng.normal(size=(60, 3)), fb.L2())
         parts["wide loss"] = np.array([value])
         parts["wide grads"] = wide.flat_grads

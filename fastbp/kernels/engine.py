@@ -24,6 +24,7 @@ import numpy as np
 from numba import carray
 
 from .._config import GLUE, OP, SERIAL, call_op, njit, pointer
+from . import dense as KD
 from . import divergences as KDiv
 from . import optim as KO
 
@@ -122,7 +123,8 @@ def linear_forward(ctx, op, rows):
 @njit(**OP)
 def linear_backward(ctx, op, rows):
     """dW, db by KERNEL(dz, y, dW, db, dz^T scratch) (BLAS) or KERNEL(dz, y, dW, db) (the loop
-    kernel), and if NEED_DY, dy at GIN by KERNEL2(dz, W, dy). DEFER: db alone (summed over the
+    kernel), and if NEED_DY, dy at GIN by KERNEL2(dz, W, dy, scratch) (BLAS, after dW: they
+    share the scratch) or KERNEL2(dz, W, dy). DEFER: db alone (summed over the
     rows in increasing order from 0, as those kernels do), dW being left to ``linear_sgd``."""
     c, o = _fields(ctx, op)
     n_in, n_out = o[N_IN], o[N_OUT]
@@ -139,7 +141,10 @@ def linear_backward(ctx, op, rows):
                _mat(c[SCRATCH], 0, n_out, rows, DT))
     else:
         KERNEL(dz, y, _mat(c[GRADS], o[W], n_out, n_in, DT), db)
-    if NEED_DY:
+    if NEED_DY and BLAS:
+        KERNEL2(dz, _mat(c[PARAMS], o[W], n_out, n_in, DT), _mat(c[GRAD], o[GIN], rows, n_in, DT),
+                _vec(c[SCRATCH], 0, KD.input_scratch(rows, n_out, n_in), DT))
+    elif NEED_DY:
         KERNEL2(dz, _mat(c[PARAMS], o[W], n_out, n_in, DT), _mat(c[GRAD], o[GIN], rows, n_in, DT))
 
 
