@@ -7,7 +7,8 @@
   sum. They run on the calling thread.
 - BLAS kernels (``*_blas``): one single-threaded GEMM per fixed block of outputs
   (``row_block(T)`` rows, or units: ``unit_block(n_out)`` for a forward of one block of rows
-  and for dW, ``UNIT_BLOCK`` for a few rows), blocks spread over numba's threads. OpenBLAS gives
+  and for dW, ``UNIT_BLOCK`` for a few rows; dy of one block of rows is summed from parts over
+  the same blocks of units), blocks spread over numba's threads. OpenBLAS gives
   different bits with different thread counts (measured on 7 of 22 shapes), so it runs on one
   thread (see ``_config``) and the blocks, fixed by the sizes alone, carry the parallelism.
 - ``dense_mode`` picks one from the sizes alone, so the per-node path and the engine always pick
