@@ -8,7 +8,7 @@ import numpy as np
 
 from ._config import compile_ops, op_kernel, prefetch_ops, serial_twin_of
 from .errors import Unsupported
-from .nodes import dense_mode, input_scratch
+from .nodes import dense_mode, input_by_parts, input_scratch
 from .kernels import dense as KD
 from .kernels import divergences as KDiv
 from .kernels import engine as KE
@@ -58,18 +58,20 @@ class Op:
         need_dy = bool(self.fields[KE.GIN] >= 0)
         if self.linear:
             mode = dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
-            if defer:  # (BLAS: how KERNEL2 is called; DEFER computes no dW)
+            if defer:
                 return op_kernel(KE.linear_backward, dt, KERNEL2=KD.dense_backward_input if
                                  mode == KD.LOOP_MODE else KD.dense_backward_input_blas_serial,
-                                 NEED_DY=need_dy, DEFER=True, BLAS=mode != KD.LOOP_MODE)
+                                 NEED_DY=need_dy, DEFER=True)
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
                                  KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
             par = mode == KD.BLAS_MODE
+            split = need_dy and input_by_parts(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            dy = KD.dense_backward_input_parts if split else \
+                KD.dense_backward_input_blas if par else KD.dense_backward_input_blas_serial
             return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params_blas if par
-                             else KD.dense_backward_params_blas_serial,
-                             KERNEL2=KD.dense_backward_input_blas if par
-                             else KD.dense_backward_input_blas_serial, NEED_DY=need_dy, BLAS=True)
+                             else KD.dense_backward_params_blas_serial, KERNEL2=dy,
+                             NEED_DY=need_dy, BLAS=True, SPLIT_DY=split)
         if self.backward is None or not (need_dy or self.params):
             return None
         fn, leaf = self.backward

@@ -19,7 +19,7 @@ from .kernels import dropout as KDr
 from .kernels import engine as KE
 
 dense_mode = in_python(KD.dense_mode)  # the compiled kernels' rule, asked from Python
-input_scratch = in_python(KD.input_scratch)
+input_by_parts, input_scratch = in_python(KD.input_by_parts), in_python(KD.input_scratch)
 
 
 def sized(kernel, n):
@@ -42,10 +42,6 @@ def affine(y, W, b, z):
             y, W, b, z, np.empty((W.shape[0], y.shape[0]), z.dtype))
 
 
-def _input_scratch(dz, W):
-    return np.empty(input_scratch(dz.shape[0], W.shape[0], W.shape[1]), dz.dtype)
-
-
 def affine_backward(dz, y, W, dW, db, dy, need_dy):
     """dW, db and (if ``need_dy``) dy by the kernels ``dense.dense_mode`` picks."""
     mode = dense_mode(dz.shape[0], W.shape[0], W.shape[1])
@@ -56,13 +52,16 @@ def affine_backward(dz, y, W, dW, db, dy, need_dy):
     elif mode == KD.BLAS_MODE:
         KD.dense_backward_params_blas(dz, y, dW, db, np.empty((W.shape[0], dz.shape[0]),
                                                               dz.dtype))
-        if need_dy:
-            KD.dense_backward_input_blas(dz, W, dy, _input_scratch(dz, W))
+        if need_dy and input_by_parts(dz.shape[0], W.shape[0], W.shape[1]):
+            KD.dense_backward_input_parts(dz, W, dy, np.empty(
+                input_scratch(dz.shape[0], W.shape[0], W.shape[1]), dz.dtype))
+        elif need_dy:
+            KD.dense_backward_input_blas(dz, W, dy)
     else:
         KD.dense_backward_params_blas_serial(dz, y, dW, db,
                                              np.empty((W.shape[0], dz.shape[0]), dz.dtype))
         if need_dy:
-            KD.dense_backward_input_blas_serial(dz, W, dy, _input_scratch(dz, W))
+            KD.dense_backward_input_blas_serial(dz, W, dy)
 
 
 class EngineOp(namedtuple("EngineOp", "forward backward aux p linear", defaults=((), 0.0, False))):

@@ -5,6 +5,7 @@ import pytest
 
 import fastbp as fb
 from fastbp import _config, engine
+from fastbp.kernels import dense as KD
 from fastbp.kernels import engine as KE
 from fastbp.kernels import optim as KO
 
@@ -159,6 +160,27 @@ def test_one_row_sgd_refuses_a_gradient_that_overflows_and_changes_nothing(engin
     assert np.array_equal(net.flat_params, before)
     net.train_step(X / 1e20, d, fb.L2(), fb.SGD(lr=1e-3))  # no overflow now: a step is taken
     assert not np.array_equal(net.flat_params, before)
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layers_split_over_the_threads_give_the_per_node_bits(dtype):
+    """A batch of one block of rows through a layer whose forward is split by units and whose
+    dy is summed from parts (``dense.dense_backward_input_parts``, in the program): the engine
+    and the per-node path give the same bits."""
+    assert KD.forward_by_units(60, 130, 1100) and KD.input_by_parts(60, 130, 1100)
+    rng = np.random.default_rng(8)
+    X, d = rng.normal(size=(120, 5)), rng.integers(0, 3, 120)
+    nets = [fb.Sequential(fb.Linear(5, 1100), fb.Tanh(), fb.Linear(1100, 130), fb.ReLU(),
+                          fb.Linear(130, 3), fb.Softmax(), dtype=dtype, seed=2) for _ in "ab"]
+    kw = dict(batch_size=60, epochs=2, tol=None, seed=1, progress=False)
+    for net, on in zip(nets, (True, False)):
+        fb.fit(net, X, d, fb.KL(), fb.SGD(lr=0.05, momentum=0.9), engine=on, **kw)
+    assert np.array_equal(nets[0].flat_params, nets[1].flat_params)
+    split = {k.address for k in _config._op_kernels.values()
+             if k.compiled and k.consts.get("KERNEL2") is KD.dense_backward_input_parts}
+    tape = engine.compile_tape(nets[0], True)
+    steps = [p for key, (p, _) in tape.workspace(60).programs.items() if key[:2] == ("step", 60)]
+    assert split and steps and all(split & set(p[:, 0]) for p in steps)  # the path ran
+
 
 def test_unsupported_nodes_fall_back_to_the_per_node_path():
     sq = fb.VectorActivation(lambda z: z ** 2, lambda z: np.diag(2 * z))

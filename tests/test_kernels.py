@@ -12,10 +12,12 @@ import math
 import pkgutil
 import types
 
+import numba
 import numpy as np
 import pytest
 from numba.core.registry import CPUDispatcher
 
+import fastbp as fb
 import fastbp.kernels
 from fastbp import nodes
 import reference as R
@@ -90,7 +92,7 @@ def _up(a):
 TESTED = {
     "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "unit_block",
               "forward_by_units", "input_by_parts", "input_scratch", "dense_forward",
-              "dense_backward_params",
+              "dense_backward_params", "dense_backward_input_parts",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas"},
     # FORWARD/BACKWARD hold elementwise_forward/backward made for each kind
@@ -144,10 +146,10 @@ DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
                                           KD.dense_backward_input(dz, W, dy)),
     "blas": lambda dz, y, W, dW, db, dy: (
         KD.dense_backward_params_blas(dz, y, dW, db, _scratch_dzT(dz)),
-        KD.dense_backward_input_blas(dz, W, dy, _scratch_input(dz, W))),
+        KD.dense_backward_input_blas(dz, W, dy)),
     "blas_serial": lambda dz, y, W, dW, db, dy: (
         KD.dense_backward_params_blas_serial(dz, y, dW, db, _scratch_dzT(dz)),
-        KD.dense_backward_input_blas_serial(dz, W, dy, _scratch_input(dz, W))),
+        KD.dense_backward_input_blas_serial(dz, W, dy)),
     "affine": lambda dz, y, W, dW, db, dy: nodes.affine_backward(dz, y, W, dW, db, dy, True),
 }
 
@@ -206,25 +208,37 @@ def test_dense_forward_by_units(rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_backward_input_by_parts(rng, dtype):
     """Rows in one block, units in two (128 + 2) and work enough for the threads: dy is summed
-    from the two parts dz[:, J] W[J]; right against the reference, and the same bits in the
-    parallel kernel, its serial twin and the per-node choice (scratch filled with NaN)."""
+    from the two parts dz[:, J] W[J]; right against the reference, the same bits from the
+    kernel (scratch filled with NaN), from the per-node choice and on 1 or 2 threads."""
     T, D_in, D_out = 9, 8192, 130
-    assert KD.input_by_parts(T, D_out, D_in)
+    assert KD.input_by_parts(T, D_out, D_in) and nodes.input_by_parts(T, D_out, D_in)
+    assert KD.dense_mode(T, D_out, D_in) == KD.BLAS_MODE
     assert nodes.input_scratch(T, D_out, D_in) == T * D_out + T * D_in
     assert nodes.input_scratch(200, D_out, D_in) == 64 * D_out + 64 * D_in  # up to 64 rows
     assert nodes.input_scratch(T, D_out, 100) == 1  # too little work: one GEMM
+    assert not KD.input_by_parts(128, D_out, D_in)  # two blocks of rows
     y, W, dz = _data(rng, (T, D_in), dtype), _data(rng, (D_out, D_in), dtype, False), \
         _data(rng, (T, D_out), dtype)
     e_dy, _, _ = R.linear_backward(_up(dz), _up(y), _up(W))
     m_dy, _, _ = R.linear_backward(np.abs(_up(dz)), np.abs(_up(y)), np.abs(_up(W)))
-    out = {}
-    for kernel in ("blas", "blas_serial", "affine"):
-        dW, db = np.full((D_out, D_in), np.nan, dtype), np.full(D_out, np.nan, dtype)
-        dy = out[kernel] = np.full((T, D_in), np.nan, dtype)
-        DENSE_BACKWARD[kernel](dz, y, W, dW, db, dy)
-        R.assert_close(dy, e_dy, dtype, m_dy, what=f"dy ({kernel})")
+    out = []
+    before = fb.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fb.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            dy = np.full((T, D_in), np.nan, dtype)
+            KD.dense_backward_input_parts(dz, W, dy, _scratch_input(dz, W))
+            out.append(dy)
+    finally:
+        fb.set_num_threads(before)
+    dW, db = np.full((D_out, D_in), np.nan, dtype), np.full(D_out, np.nan, dtype)
+    dy = np.full((T, D_in), np.nan, dtype)
+    DENSE_BACKWARD["affine"](dz, y, W, dW, db, dy)
+    out.append(dy)
+    for dy in out:
+        R.assert_close(dy, e_dy, dtype, m_dy, what="dy")
         np.testing.assert_array_equal(dy[1], 0)  # the zero row of dz
-    assert out["blas"].tobytes() == out["blas_serial"].tobytes() == out["affine"].tobytes()
+        assert dy.tobytes() == out[0].tobytes()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -804,7 +818,7 @@ def _twin_args(name, rng, dtype):
         # 300 rows: two BLAS blocks of rows (192 + 108); 5 rows: the per-row GEMV path
         "dense_forward_blas": (KD, (f(300, D), f(M, D), f(M), e(300, M), e(M, 300)), (3,)),
         "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
-        "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D), e(1)), (2,)),
+        "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
         "scalar_forward": (_ACTIVATIONS, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),
         "scalar_backward": (_ACTIVATIONS, (KA.RELU, 1.0, f(T * D), f(T * D), f(T * D), e(T * D)), (5,)),
         "softmax_forward": (KV, (f(T, D), e(T, D)), (1,)),

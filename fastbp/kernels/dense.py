@@ -188,15 +188,16 @@ def dense_backward_params_blas(dz, y, dW, db, dzT):
 @njit(**GLUE)
 def input_by_parts(T, n_out, n_in):
     """Whether dy = dz W of a (T, n_in) x (n_in, n_out) layer is summed from parts of
-    ``unit_block(n_out)`` units: where the rows make one block but the units two or more, and
-    the work is enough for the threads (sizes alone, as ``dense_mode``)."""
+    ``unit_block(n_out)`` units (``dense_backward_input_parts``): where the rows make one block
+    but the units two or more, and the work is enough for the threads (sizes alone, as
+    ``dense_mode``; such a product is always in ``BLAS_MODE``)."""
     return T >= FEW and -(-T // row_block(T)) < 2 and -(-n_out // unit_block(n_out)) >= 2 \
         and T * n_out * n_in >= PAR_MIN_WORK
 
 
 @njit(**GLUE)
 def input_scratch(T, n_out, n_in):
-    """Elements of scratch ``dense_backward_input_blas`` needs for any batch of up to T rows
+    """Elements of scratch ``dense_backward_input_parts`` needs for any batch of up to T rows
     (at least one). Only batches of one block of rows, up to ``row_block(1)``, use it, and
     their need grows with their rows."""
     t = min(T, row_block(1))
@@ -206,40 +207,45 @@ def input_scratch(T, n_out, n_in):
 
 
 @njit(**PARALLEL)
-def dense_backward_input_blas(dz, W, dy, S):
-    """dy = dz W by GEMM on blocks of ``row_block(T)`` rows (GEMV per row when there are few),
-    or (``input_by_parts``) as the sum, in order, of the parts dz[:, J] W[J] over blocks J of
-    ``unit_block(n_out)`` units: each block copies its columns of dz into the scratch S (at
-    least ``input_scratch`` elements) and multiplies them into dy (the first) or into its own
-    part of S, added to dy after. One GEMM call site for both splits."""
+def dense_backward_input_blas(dz, W, dy):
+    """dy = dz W by GEMM on blocks of ``row_block(T)`` rows (GEMV per row when there are few)."""
     T = dz.shape[0]
-    n_out, n_in = W.shape
     if T >= FEW:
-        parts = input_by_parts(T, n_out, n_in)
-        rb, ub = (T, unit_block(n_out)) if parts else (row_block(T), n_out)
-        nr, nu = -(-T // rb), -(-n_out // ub)
-        for k in prange(nr * nu):
-            lo, hi = (k // nu) * rb, min(T, (k // nu + 1) * rb)
-            j0, j1 = (k % nu) * ub, min(n_out, (k % nu + 1) * ub)
-            if parts:
-                a = S[T * j0:T * j1].reshape((T, j1 - j0))
-                for t in range(T):
-                    for j in range(j0, j1):
-                        a[t, j - j0] = dz[t, j]
-                out = dy if k == 0 else \
-                    S[T * n_out + (k - 1) * T * n_in:T * n_out + k * T * n_in].reshape((T, n_in))
-            else:
-                a, out = dz[lo:hi], dy[lo:hi]
-            np.dot(a, W[j0:j1], out)
-        if parts:
-            for t in prange(T):
-                for k in range(1, nu):
-                    p = S[T * n_out + (k - 1) * T * n_in:T * n_out + k * T * n_in]
-                    for i in range(n_in):
-                        dy[t, i] += p[t * n_in + i]
+        rb = row_block(T)
+        for k in prange(-(-T // rb)):
+            lo, hi = k * rb, min(T, (k + 1) * rb)
+            np.dot(dz[lo:hi], W, dy[lo:hi])
     else:
         for t in prange(T):
             np.dot(dz[t], W, dy[t])
+
+
+@njit(**PARALLEL)
+def dense_backward_input_parts(dz, W, dy, S):
+    """dy = dz W where ``input_by_parts``: the sum, in order, of the parts dz[:, J] W[J] over
+    blocks J of ``unit_block(n_out)`` units, over the threads. Each block copies its columns of
+    dz into the scratch S (at least ``input_scratch`` elements) and multiplies them into dy
+    (the first block) or into its own part of S, added to dy after. A kernel of its own, chosen
+    by the sizes in Python, so that networks without such layers do not compile it (it costs
+    about 1 s)."""
+    T = dz.shape[0]
+    n_out, n_in = W.shape
+    ub = unit_block(n_out)
+    nu = -(-n_out // ub)
+    for k in prange(nu):
+        j0, j1 = k * ub, min(n_out, (k + 1) * ub)
+        a = S[T * j0:T * j1].reshape((T, j1 - j0))
+        for t in range(T):
+            for j in range(j0, j1):
+                a[t, j - j0] = dz[t, j]
+        out = dy if k == 0 else \
+            S[T * n_out + (k - 1) * T * n_in:T * n_out + k * T * n_in].reshape((T, n_in))
+        np.dot(a, W[j0:j1], out)
+    for k in range(1, nu):  # on the calling thread: T x n_in additions, a few % of the GEMMs
+        p = S[T * n_out + (k - 1) * T * n_in:]
+        for t in range(T):
+            for i in range(n_in):
+                dy[t, i] += p[t * n_in + i]
 
 
 # The same kernels run serially, for ops too small to split (see _config.serial_twin).

@@ -75,10 +75,10 @@ def _fields(ctx, op):
 # Op functions. ``_config.op_kernel(op, dtype, **leaves)`` compiles a copy of one with these
 # globals bound (numba compiles globals as constants, and drops branches on them before it
 # types anything): DT the dtype, KERNEL/KERNEL2 the leaf kernels it calls, and its flags
-# (NEED_DY, BY_LABEL, FUSED, BLAS, WEIGHTED, DEFER, PART).
+# (NEED_DY, BY_LABEL, FUSED, BLAS, WEIGHTED, DEFER, PART, SPLIT_DY).
 # ---------------------------------------------------------------------------------------------
 DT = KERNEL = KERNEL2 = None
-NEED_DY = BY_LABEL = FUSED = BLAS = WEIGHTED = DEFER = PART = False
+NEED_DY = BY_LABEL = FUSED = BLAS = WEIGHTED = DEFER = PART = SPLIT_DY = False
 
 
 @njit(**OP)
@@ -123,8 +123,9 @@ def linear_forward(ctx, op, rows):
 @njit(**OP)
 def linear_backward(ctx, op, rows):
     """dW, db by KERNEL(dz, y, dW, db, dz^T scratch) (BLAS) or KERNEL(dz, y, dW, db) (the loop
-    kernel), and if NEED_DY, dy at GIN by KERNEL2(dz, W, dy, scratch) (BLAS, after dW: they
-    share the scratch) or KERNEL2(dz, W, dy). DEFER: db alone (summed over the
+    kernel), and if NEED_DY, dy at GIN by KERNEL2(dz, W, dy) or (SPLIT_DY, the dy summed from
+    parts: ``dense.dense_backward_input_parts``) KERNEL2(dz, W, dy, scratch), after dW: they
+    share the scratch. DEFER: db alone (summed over the
     rows in increasing order from 0, as those kernels do), dW being left to ``linear_sgd``."""
     c, o = _fields(ctx, op)
     n_in, n_out = o[N_IN], o[N_OUT]
@@ -141,7 +142,7 @@ def linear_backward(ctx, op, rows):
                _mat(c[SCRATCH], 0, n_out, rows, DT))
     else:
         KERNEL(dz, y, _mat(c[GRADS], o[W], n_out, n_in, DT), db)
-    if NEED_DY and BLAS:
+    if NEED_DY and SPLIT_DY:
         KERNEL2(dz, _mat(c[PARAMS], o[W], n_out, n_in, DT), _mat(c[GRAD], o[GIN], rows, n_in, DT),
                 _vec(c[SCRATCH], 0, KD.input_scratch(rows, n_out, n_in), DT))
     elif NEED_DY:
