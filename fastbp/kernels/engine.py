@@ -107,8 +107,8 @@ def load_batch(ctx, op, rows):
 
 @njit(**OP)
 def linear_forward(ctx, op, rows):
-    """z = y W^T + b by a dense BLAS kernel KERNEL(y, W, b, z, z^T scratch) or, not BLAS, the
-    loop kernel KERNEL(y, W, b, z, W^T scratch)."""
+    """z = y W^T + b by a dense BLAS kernel KERNEL(y, W, b, z, scratch of n_out x rows) or,
+    not BLAS, the loop kernel KERNEL(y, W, b, z, W^T scratch)."""
     c, o = _fields(ctx, op)
     n_in, n_out = o[N_IN], o[N_OUT]
     y, z = _mat(c[ACT], o[IN], rows, n_in, DT), _mat(c[ACT], o[OUT], rows, n_out, DT)
