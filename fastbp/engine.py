@@ -8,7 +8,7 @@ import numpy as np
 
 from ._config import compile_ops, op_kernel, prefetch_ops, serial_twin_of
 from .errors import Unsupported
-from .nodes import dense_mode, input_by_parts, input_scratch
+from .nodes import by_units, dense_mode, input_scratch
 from .kernels import dense as KD
 from .kernels import divergences as KDiv
 from .kernels import engine as KE
@@ -66,7 +66,7 @@ class Op:
                 return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
                                  KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
             par = mode == KD.BLAS_MODE
-            split = need_dy and input_by_parts(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
+            split = need_dy and by_units(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             dy = KD.dense_backward_input_parts if split else \
                 KD.dense_backward_input_blas if par else KD.dense_backward_input_blas_serial
             return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params_blas if par

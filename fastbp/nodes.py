@@ -19,7 +19,7 @@ from .kernels import dropout as KDr
 from .kernels import engine as KE
 
 dense_mode = in_python(KD.dense_mode)  # the compiled kernels' rule, asked from Python
-input_by_parts, input_scratch = in_python(KD.input_by_parts), in_python(KD.input_scratch)
+by_units, input_scratch = in_python(KD.by_units), in_python(KD.input_scratch)
 
 
 def sized(kernel, n):
@@ -52,7 +52,7 @@ def affine_backward(dz, y, W, dW, db, dy, need_dy):
     elif mode == KD.BLAS_MODE:
         KD.dense_backward_params_blas(dz, y, dW, db, np.empty((W.shape[0], dz.shape[0]),
                                                               dz.dtype))
-        if need_dy and input_by_parts(dz.shape[0], W.shape[0], W.shape[1]):
+        if need_dy and by_units(dz.shape[0], W.shape[0], W.shape[1]):
             KD.dense_backward_input_parts(dz, W, dy, np.empty(
                 input_scratch(dz.shape[0], W.shape[0], W.shape[1]), dz.dtype))
         elif need_dy:

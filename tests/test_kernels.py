@@ -91,7 +91,7 @@ def _up(a):
 # ==============================================================================================
 TESTED = {
     "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "unit_block",
-              "forward_by_units", "input_by_parts", "input_scratch", "dense_forward",
+              "by_units", "input_scratch", "dense_forward",
               "dense_backward_params", "dense_backward_input_parts",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
               "dense_backward_input_blas"},
@@ -191,7 +191,7 @@ def test_dense_forward_by_units(rng, dtype):
     bias exact on the zero row, and the same bits in the parallel kernel, its serial twin and
     the per-node choice."""
     T, D_in, D_out = 9, 8192, 130
-    assert KD.forward_by_units(T, D_out, D_in) and KD.unit_block(D_out) == 128
+    assert KD.by_units(T, D_out, D_in) and KD.unit_block(D_out) == 128
     y, W, b = _data(rng, (T, D_in), dtype), _data(rng, (D_out, D_in), dtype, False), \
         _data(rng, (D_out,), dtype)
     expected = R.linear_forward(_up(y), _up(W), _up(b))
@@ -206,17 +206,17 @@ def test_dense_forward_by_units(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_backward_input_by_parts(rng, dtype):
+def test_dense_backward_input_by_units(rng, dtype):
     """Rows in one block, units in two (128 + 2) and work enough for the threads: dy is summed
     from the two parts dz[:, J] W[J]; right against the reference, the same bits from the
     kernel (scratch filled with NaN), from the per-node choice and on 1 or 2 threads."""
     T, D_in, D_out = 9, 8192, 130
-    assert KD.input_by_parts(T, D_out, D_in) and nodes.input_by_parts(T, D_out, D_in)
+    assert KD.by_units(T, D_out, D_in) and nodes.by_units(T, D_out, D_in)
     assert KD.dense_mode(T, D_out, D_in) == KD.BLAS_MODE
     assert nodes.input_scratch(T, D_out, D_in) == T * D_out + T * D_in
     assert nodes.input_scratch(200, D_out, D_in) == 64 * D_out + 64 * D_in  # up to 64 rows
     assert nodes.input_scratch(T, D_out, 100) == 1  # too little work: one GEMM
-    assert not KD.input_by_parts(128, D_out, D_in)  # two blocks of rows
+    assert not KD.by_units(128, D_out, D_in)  # two blocks of rows
     y, W, dz = _data(rng, (T, D_in), dtype), _data(rng, (D_out, D_in), dtype, False), \
         _data(rng, (T, D_out), dtype)
     e_dy, _, _ = R.linear_backward(_up(dz), _up(y), _up(W))
@@ -288,10 +288,10 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert KD.dense_mode(64, 64, 4096) == KD.BLAS_SERIAL_MODE  # 2^24 but one block
     assert KD.dense_mode(32, 64, 8192) == KD.BLAS_SERIAL_MODE  # 2^24 but one block
     # W3a's first layer: 64 rows make one block, 256 units two (forward by units)
-    assert KD.dense_mode(64, 256, 784) == KD.BLAS_MODE and KD.forward_by_units(64, 256, 784)
-    assert not KD.forward_by_units(128, 256, 784)  # two blocks of rows
-    assert not KD.forward_by_units(64, 64, 4096)  # one block of units
-    assert not KD.forward_by_units(64, 128, 512)  # 2^22: too little to split
+    assert KD.dense_mode(64, 256, 784) == KD.BLAS_MODE and KD.by_units(64, 256, 784)
+    assert not KD.by_units(128, 256, 784)  # two blocks of rows
+    assert not KD.by_units(64, 64, 4096)  # one block of units
+    assert not KD.by_units(64, 128, 512)  # 2^22: too little to split
     for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
                                    ((3, 100, 300), "blas_serial"), ((3, 2048, 4096), "blas"),
                                    ((64, 512, 512), "blas")]:

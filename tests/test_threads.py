@@ -57,8 +57,7 @@ def fingerprints():
         # from two parts
         wide = fb.Sequential(fb.Linear(5, 1100), fb.Tanh(), fb.Linear(1100, 130), fb.Tanh(),
                              fb.Linear(130, 3), dtype=dtype, seed=6)
-        assert fb.kernels.dense.forward_by_units(60, 130, 1100)
-        assert fb.kernels.dense.input_by_parts(60, 130, 1100)
+        assert fb.kernels.dense.by_units(60, 130, 1100)
         X = rng.normal(size=(60, 5)).astype(dtype)
         value = wide.loss_and_grad(X, rng.normal(size=(60, 3)), fb.L2())
         parts["wide loss"] = np.array([value])

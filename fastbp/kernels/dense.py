@@ -115,24 +115,25 @@ def dense_backward_input(dz, W, dy):
 
 
 @njit(**GLUE)
-def forward_by_units(T, n_out, n_in):
-    """Whether the forward GEMM of a (T, n_in) x (n_in, n_out) product is split by units: where
+def by_units(T, n_out, n_in):
+    """Whether a (T, n_in) x (n_in, n_out) layer's forward (``dense_forward_blas``) and dy
+    (``dense_backward_input_parts``) are split by blocks of ``unit_block(n_out)`` units: where
     the rows make one block but the units two or more, and the work is enough for the threads
-    (sizes alone, as ``dense_mode``)."""
+    (sizes alone, as ``dense_mode``; such a product is always in ``BLAS_MODE``)."""
     return T >= FEW and -(-T // row_block(T)) < 2 and -(-n_out // unit_block(n_out)) >= 2 \
         and T * n_out * n_in >= PAR_MIN_WORK
 
 
 @njit(**PARALLEL)
 def dense_forward_blas(y, W, b, z, S):
-    """z = y W^T + b by GEMM on blocks of ``row_block(T)`` rows, or (``forward_by_units``) on
+    """z = y W^T + b by GEMM on blocks of ``row_block(T)`` rows, or (``by_units``) on
     blocks of ``unit_block(n_out)`` units, each into its own part of the scratch S (n_out x T
     elements), then adding b while writing it into z; GEMV on blocks of UNIT_BLOCK units when
     there are fewer than FEW rows. Each block owns its part of z (one GEMM call site for both
     splits: each call site of np.dot costs 0.2-0.3 s of compiling)."""
     T, n_out = z.shape
     if T >= FEW:
-        units = forward_by_units(T, n_out, y.shape[1])
+        units = by_units(T, n_out, y.shape[1])
         rb, ub = (T, unit_block(n_out)) if units else (row_block(T), n_out)
         nr, nu = -(-T // rb), -(-n_out // ub)
         flat = S.reshape(S.size)
@@ -186,22 +187,12 @@ def dense_backward_params_blas(dz, y, dW, db, dzT):
 
 
 @njit(**GLUE)
-def input_by_parts(T, n_out, n_in):
-    """Whether dy = dz W of a (T, n_in) x (n_in, n_out) layer is summed from parts of
-    ``unit_block(n_out)`` units (``dense_backward_input_parts``): where the rows make one block
-    but the units two or more, and the work is enough for the threads (sizes alone, as
-    ``dense_mode``; such a product is always in ``BLAS_MODE``)."""
-    return T >= FEW and -(-T // row_block(T)) < 2 and -(-n_out // unit_block(n_out)) >= 2 \
-        and T * n_out * n_in >= PAR_MIN_WORK
-
-
-@njit(**GLUE)
 def input_scratch(T, n_out, n_in):
     """Elements of scratch ``dense_backward_input_parts`` needs for any batch of up to T rows
     (at least one). Only batches of one block of rows, up to ``row_block(1)``, use it, and
     their need grows with their rows."""
     t = min(T, row_block(1))
-    if not input_by_parts(t, n_out, n_in):
+    if not by_units(t, n_out, n_in):
         return 1
     return t * n_out + (-(-n_out // unit_block(n_out)) - 1) * t * n_in
 
@@ -222,7 +213,7 @@ def dense_backward_input_blas(dz, W, dy):
 
 @njit(**PARALLEL)
 def dense_backward_input_parts(dz, W, dy, S):
-    """dy = dz W where ``input_by_parts``: the sum, in order, of the parts dz[:, J] W[J] over
+    """dy = dz W where ``by_units``: the sum, in order, of the parts dz[:, J] W[J] over
     blocks J of ``unit_block(n_out)`` units, over the threads. Each block copies its columns of
     dz into the scratch S (at least ``input_scratch`` elements) and multiplies them into dy
     (the first block) or into its own part of S, added to dy after. A kernel of its own, chosen
