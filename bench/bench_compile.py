@@ -124,9 +124,11 @@ def main():
         ("fastbp demo, empty cache", DEMO, "cold"),
     ]
     print(f"fastbp {install_bytecode()} (bytecode written, as pip install does)")
+    from compare import cpu_model_and_flags  # beside this script
+
     with open("/proc/cpuinfo") as f:
-        print("cpu", next((line.split(":", 1)[1].strip() for line in f
-                           if line.startswith("model name")), "unknown"), f"x {os.cpu_count()}")
+        model, flags = cpu_model_and_flags(f.read())
+    print(f"cpu {model}, {os.cpu_count()} cores; flags {' '.join(flags)}")
     times = {name: [] for name, _, _ in cases}
     with tempfile.TemporaryDirectory(prefix="fastbp-bench-cache-") as root:
         for r in range(args.rounds):
