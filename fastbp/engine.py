@@ -87,7 +87,7 @@ class Workspace:
     far (by phase and rows)."""
 
     __slots__ = ("capacity", "ops", "act", "grad", "iact", "wt", "blabels", "bd", "bw", "div",
-                 "ok", "ctx", "fscal", "programs", "loss_op", "out", "bound")
+                 "ok", "ctx", "fscal", "programs", "loss_op", "out", "bound", "prepared")
 
 
 class Tape:
@@ -296,6 +296,7 @@ class Tape:
         ws.out = offsets[self.y]
         ws.programs = {}
         ws.bound = None  # (flat_params, flat_grads) that ctx points at
+        ws.prepared = None  # the last training call's Prepared
         ws.capacity = rows
         return ws
 
@@ -448,29 +449,65 @@ def chooses(net, loss, target, opt, wanted="auto"):
     return True
 
 
-def _bind_batch(net, X, target, orders, batch, tape, hyper, states, weights=None, check=False):
-    """The workspace for batches of ``batch`` rows with ctx pointing at this call's arrays
-    (which the caller keeps alive, and forgets with ``KE.forget``), the arrays as passed, and
-    whether the targets are labels. With ``check``, None in place of the workspace if X holds
-    NaN or inf (nothing bound)."""
+class Prepared:
+    """What a training call needs besides its arrays, kept on the workspace while ``key`` holds:
+    the arguments of ``Tape.step_kernels`` after ``rows`` (``step``), the programs for full
+    batches and the last, shorter one, the calls before the update (``n_pre``), and the
+    hyper-parameters and state buffers whose ids ``key`` holds (kept alive here, so the ids
+    stay theirs). A one-row ``train_step`` spent 8-13 us of its 55 in Python building it all
+    again."""
+
+    __slots__ = ("key", "step", "full", "tail", "n_pre", "held")
+
+
+def prepare(net, loss, target, opt, T, batch, count, weighted, gradient=False):
+    """The tape, its workspace for ``batch`` rows (bound to the network's parameters) and the
+    ``Prepared`` call on T rows (the one kept, if it still holds), and the update's hyper-
+    parameters and state buffers; ``Unsupported`` if the engine cannot train this. With
+    ``gradient``, the step of ``gradient`` (every dW written, nothing clipped)."""
+    tape, loss_code, (code, hyper, states) = check_supported(net, loss, target, opt)
+    ws = tape.workspace(batch)
+    tape._bind_params(ws)
+    labels = target.ndim == 1
+    key = (loss_code, code, id(hyper), *map(id, states), batch, T % batch, labels,
+           0 if labels else target.shape[1], count, weighted, gradient)
+    p = ws.prepared
+    if p is None or p.key != key:
+        tape.check_rows(batch)
+        tape.check_rows(T % batch)
+        p = Prepared()
+        p.key, p.held = key, (hyper, states)
+        p.step = training_step(tape, loss_code, code, hyper, labels, count, weighted, gradient)
+        if not (_started or gradient):  # a first fit: compile its kernels in parallel
+            prefetch_ops([k for rows in {batch, T % batch} - {0}
+                          for k, _ in tape.step_kernels(rows, *p.step)[0]])
+            _start(ws)
+        p.full, p.n_pre = tape.step_program(ws, batch, *p.step)
+        p.tail = tape.step_program(ws, T % batch, *p.step)[0] if T % batch else p.full
+        ws.prepared = p
+    return tape, ws, p, hyper, states
+
+
+def _bind_batch(net, ws, X, target, orders, hyper, states, weights=None, check=False):
+    """Point ws.ctx at this call's arrays (which the caller keeps alive, and forgets with
+    ``KE.forget``); returns them as passed, or None if ``check`` finds NaN or inf in X
+    (nothing bound)."""
     dt = net.dtype
     X = np.ascontiguousarray(X, dt)
     labels = target.ndim == 1
     target = np.ascontiguousarray(target, np.int64 if labels else dt)
     orders = np.ascontiguousarray(orders, np.int64)
     weights = _NO_WEIGHTS if weights is None else np.ascontiguousarray(weights, np.float64)
-    ws = tape.workspace(batch)
-    tape._bind_params(ws)
     width = 0 if labels else target.shape[1]
     if width not in ws.bd:
-        bd = np.zeros((batch, width), dt)
+        bd = np.zeros((ws.capacity, width), dt)
         ws.bd[width] = bd, bd.ctypes.data
     ws.ctx[KE.BD] = ws.bd[width][1]
     s = states + states[-1:] * (3 - len(states))
     if KE.bind(ws.ctx, X, target, orders, hyper, s[0], s[1], s[2], weights, check):
         KE.forget(ws.ctx)
-        return None, (X, target, orders, weights), labels
-    return ws, (X, target, orders, weights if weights.size else None), labels
+        return None
+    return X, target, orders, weights if weights.size else None
 
 
 _NO_WEIGHTS = np.zeros(0, np.float64)
@@ -495,28 +532,18 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, 
     per-epoch rows (loss sum by weight, steps, first bad step or -1, rows right, loss sum by
     rows) of the epochs run. ``weights``: the rows' sample weights (None: unweighted). With
     ``check``, X is checked for NaN and inf first: None, having run nothing, if it holds one."""
-    tape, loss_code, (code, hyper, states) = check_supported(net, loss, target, opt)
     T = np.shape(orders)[1]
-    tape.check_rows(batch)
-    tape.check_rows(T % batch)
-    step = training_step(tape, loss_code, code, hyper, np.ndim(target) == 1, count,
-                         weights is not None)
-    if not _started:  # the first fit of the process: compile its kernels while binding
-        prefetch_ops([k for rows in {batch, T % batch} - {0}
-                      for k, _ in tape.step_kernels(rows, *step)[0]])
-    ws, (X, target, orders, weights), labels = _bind_batch(net, X, target, orders, batch, tape,
-                                                           hyper, states, weights, check)
-    if ws is None:
+    _, ws, p, hyper, states = prepare(net, loss, target, opt, T, batch, count,
+                                      weights is not None)
+    bound = _bind_batch(net, ws, X, target, orders, hyper, states, weights, check)
+    if bound is None:
         return None
+    X, target, orders, weights = bound
     outs = np.zeros((len(lrs), 5), np.float64)
-    args = (orders, batch, np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
-            np.nan if prev is None else float(prev), outs, opt.t,
-            float(T) if weights is None else KDiv.total(weights))
-    if not _started:
-        _start(ws, args)
-    full, n_pre = tape.step_program(ws, batch, *step)
-    tail = tape.step_program(ws, T % batch, *step)[0] if T % batch else full
-    done = KE.train_epochs(ws.ctx, ws.fscal, full, tail, n_pre, *args)
+    done = KE.train_epochs(ws.ctx, ws.fscal, p.full, p.tail, p.n_pre, orders, batch,
+                           np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
+                           np.nan if prev is None else float(prev), outs, opt.t,
+                           float(T) if weights is None else KDiv.total(weights))
     KE.forget(ws.ctx)
     opt.t += int(sum(outs[:done, 1].tolist()))  # (a NumPy sum: 3 us of a one-row step)
     return outs[:done]
@@ -525,14 +552,15 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, 
 _started = False  # whether a fit has compiled (or loaded) train_epochs in this process
 
 
-def _start(ws, args):
-    """Compile (or load) train_epochs for the arguments ``ws`` and ``args`` give it, with
-    empty programs: the first fit does it while other processes compile the step's kernels
-    (see ``_config.prefetch_ops``)."""
+def _start(ws):
+    """Compile (or load) train_epochs for the workspace ``ws`` and the argument types every
+    call passes, with empty programs: the first fit does it while other processes compile
+    the step's kernels (see ``_config.prefetch_ops``)."""
     global _started
     empty = np.zeros((0, 3), np.int64)
-    KE.train_epochs.compile(tuple(numba.typeof(a) for a in
-                                  (ws.ctx, ws.fscal, empty, empty, 0, *args)))
+    args = (ws.ctx, ws.fscal, empty, empty, 0, np.zeros((1, 1), np.int64), 1, np.zeros(1),
+            0.0, 0.0, np.zeros((1, 5)), 0, 0.0)
+    KE.train_epochs.compile(tuple(numba.typeof(a) for a in args))
     _started = True
 
 
@@ -543,13 +571,12 @@ def gradient(net, X, target, loss, opt, order, count=False, weights=None, norm=N
     gradient and the loss are the rows' share of that batch's mean. Returns (loss, rows
     classified right if ``count``, the rows' weight: their number or the sum of their sample
     weights)."""
-    tape, loss_code, (code, hyper, states) = check_supported(net, loss, target, opt)
     rows = len(order)
-    tape.check_rows(rows)
-    ws, _, labels = _bind_batch(net, X, target, order, rows, tape, hyper, states, weights)
     # no clipping: the caller clips the sum of the ranks' gradients
-    prog, _ = tape.step_program(ws, rows, *training_step(tape, loss_code, code, hyper, labels,
-                                                         count, weights is not None, True))
+    _, ws, p, hyper, states = prepare(net, loss, target, opt, rows, rows, count,
+                                      weights is not None, gradient=True)
+    _bind_batch(net, ws, X, target, order, hyper, states, weights)
+    prog = p.full
     ws.ctx[KE.LO], ws.ctx[KE.RIGHT], ws.ctx[KE.STEP] = 0, 0, opt.t + 1
     if grads is not None:
         if grads.shape != net.flat_grads.shape or grads.dtype != net.dtype or \

@@ -115,6 +115,52 @@ def test_train_step_engine_equals_per_node():
 
 
 
+def _node_train_step(net, X, y, loss, opt):
+    return fb.training.train_step(net, net._input(X), loss.target(y, len(X), net.n_out,
+                                                                 net.dtype), loss, opt)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_prepared_train_step_follows_every_change_to_the_optimizer(dtype):
+    """The engine keeps a training call prepared while its optimizer's hyper-parameters and
+    state hold (``engine.Prepared``): momentum switched on and off (the one-row path from dz
+    and y and back), the learning rate, clipping, weight decay, the optimizer's state reset and
+    a new optimizer all take effect as on the per-node path, step for step, bit for bit."""
+    rng = np.random.default_rng(2)
+    a, b = _nets(dtype)["mlp"](), _nets(dtype)["mlp"]()
+    oa, ob = fb.SGD(lr=0.1), fb.SGD(lr=0.1)
+    changes = [dict(momentum=0.9), dict(state={}), dict(lr=0.05), dict(momentum=0.0),
+               dict(clip_norm=0.01), dict(clip_norm=None, weight_decay=0.1), "new"]
+    for change in changes:  # one-row steps only: the same call but for the change
+        for rows in (1, 1):
+            X, y = rng.normal(size=(rows, 8)), rng.integers(0, 3, rows)
+            assert a.train_step(X, y, fb.KL(), oa) == _node_train_step(b, X, y, fb.KL(), ob)
+            assert np.array_equal(a.flat_params, b.flat_params), change
+        if change == "new":
+            oa, ob = fb.Adam(lr=0.01), fb.Adam(lr=0.01)
+        else:
+            for opt in (oa, ob):
+                for k, v in change.items():
+                    setattr(opt, k, v)
+    assert np.array_equal(a.flat_params, b.flat_params)
+
+
+def test_probability_targets_fill_a_batch_of_the_workspaces_capacity():
+    """The engine's buffer for probability targets holds every row the workspace can take,
+    whichever batch first needed it: labels at batch 8, then rows at batch 2, then rows at
+    batch 8 (which once wrote past a buffer of 2 rows), as the per-node path."""
+    rng = np.random.default_rng(4)
+    X, labels = rng.normal(size=(16, 8)), rng.integers(0, 3, 16)
+    rows = np.eye(3)[labels] * 0.9 + 0.1 / 3
+    nets = [_nets(np.float64)["mlp"]() for _ in range(2)]
+    kw = dict(epochs=2, tol=None, seed=1, progress=False)
+    for net, engine_on in zip(nets, (True, False)):
+        for d, batch in ((labels, 8), (rows, 2), (rows, 8)):
+            fb.fit(net, X, d, fb.KL(), fb.SGD(lr=0.1), batch_size=batch, engine=engine_on, **kw)
+    assert np.array_equal(nets[0].flat_params, nets[1].flat_params)
+    ws = engine.compile_tape(nets[0], True).workspace(8)
+    assert ws.bd[3][0].shape == (ws.capacity, 3)
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["mlp", "gated", "mixed", "blas", "norm"])
 @pytest.mark.parametrize("weight_decay, batch", [(0.0, 1), (0.01, 1), (0.0, 4)])
