@@ -68,9 +68,9 @@ def fingerprints():
     return out
 
 
-def _run(threads):
+def _run(threads, **more):
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1")
+               OPENBLAS_NUM_THREADS="1", **more)
     code = (f"import sys, json; sys.path.insert(0, {str(TESTS)!r}); "
             f"import test_threads; print(json.dumps(test_threads.fingerprints()))")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -85,6 +85,44 @@ def test_bit_identical_with_1_and_2_threads_in_subprocesses():
     assert len(one) == 24
     differ = sorted(k for k in one if one[k] != two[k])
     assert not differ, f"results depend on the thread count: {differ}"
+
+
+WIDE = (numba.config.CPU_FEATURES or "").endswith(",-prefer-256-bit")
+
+
+@pytest.mark.skipif(not WIDE, reason="fastbp leaves LLVM's vector width alone on this CPU")
+def test_bit_identical_with_256_and_512_bit_vectors():
+    """On CPUs where fastbp lets LLVM use 512-bit vectors (``_config._prefer_wide_vectors``),
+    every result has the same bits as with LLVM's own 256-bit preference."""
+    from llvmlite import binding
+
+    narrow = _run(2, NUMBA_CPU_FEATURES=binding.get_host_cpu_features().flatten())
+    wide = _run(2)
+    differ = sorted(k for k in wide if wide[k] != narrow[k])
+    assert not differ, f"results depend on the vector width: {differ}"
+
+
+def test_wide_vectors_only_where_fastbp_chose_them():
+    """With AVX-512 VBMI2 and no NUMBA_CPU_NAME or NUMBA_CPU_FEATURES of the user's, fastbp's
+    loops compile to 512-bit vectors (zmm registers); a user's NUMBA_CPU_FEATURES is kept."""
+    from llvmlite import binding
+
+    vbmi2 = bool(binding.get_host_cpu_features().get("avx512vbmi2"))
+    user = os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("NUMBA_CPU_NAME")
+    assert WIDE == (vbmi2 and not user)
+    code = "import fastbp, numba; print(numba.config.CPU_FEATURES)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, NUMBA_CPU_FEATURES="+sse2"), timeout=120)
+    assert res.stdout.split() == ["+sse2"], res.stderr[-2000:]
+    if WIDE:  # a loop like the kernels', compiled here (a cached kernel keeps no assembly)
+        axpy = numba.njit(**dict(C.SERIAL, cache=False))(_axpy)
+        axpy(np.zeros(64, np.float32), np.zeros(64, np.float32), np.float32(0.5))
+        assert "zmm" in axpy.inspect_asm(axpy.signatures[0])
+
+
+def _axpy(y, x, a):
+    for i in range(y.size):
+        y[i] += a * x[i]
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
