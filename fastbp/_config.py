@@ -59,9 +59,11 @@ from importlib import metadata
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba.core import caching, sigutils
 from numba.core.ccallback import CFunc
+from numba.core.registry import cpu_target
 from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
@@ -221,13 +223,9 @@ def _prefer_wide_vectors():
     """
     if numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
         return
-    from numba.core.registry import cpu_target
-
     if "_toplevel_target_context" in cpu_target.__dict__:
         return
-    from llvmlite import binding
-
-    features = binding.get_host_cpu_features()
+    features = llvm.get_host_cpu_features()
     if features.get("avx512vbmi2"):
         numba.config.CPU_FEATURES = features.flatten() + ",-prefer-256-bit"
 

@@ -452,12 +452,20 @@ def chooses(net, loss, target, opt, wanted="auto"):
 class Prepared:
     """What a training call needs besides its arrays, kept on the workspace while ``key`` holds:
     the arguments of ``Tape.step_kernels`` after ``rows`` (``step``), the programs for full
-    batches and the last, shorter one, the calls before the update (``n_pre``), and the
-    hyper-parameters and state buffers whose ids ``key`` holds (kept alive here, so the ids
-    stay theirs). A one-row ``train_step`` spent 8-13 us of its 55 in Python building it all
-    again."""
+    batches of ``batch`` rows and the last, shorter one of ``rest`` rows (built by
+    ``programs``, after the batch is checked: a refused first call compiles nothing), the calls
+    before the update (``n_pre``), and the hyper-parameters and state buffers whose ids ``key``
+    holds (kept alive here, so the ids stay theirs). A one-row ``train_step`` spent 8-13 us of
+    its 55 in Python building it all again."""
 
-    __slots__ = ("key", "step", "full", "tail", "n_pre", "held")
+    __slots__ = ("key", "step", "batch", "rest", "full", "tail", "n_pre", "held")
+
+    def programs(self, tape, ws):
+        if self.full is None:
+            self.full, self.n_pre = tape.step_program(ws, self.batch, *self.step)
+            self.tail = tape.step_program(ws, self.rest, *self.step)[0] if self.rest \
+                else self.full
+        return self
 
 
 def prepare(net, loss, target, opt, T, batch, count, weighted, gradient=False):
@@ -476,14 +484,12 @@ def prepare(net, loss, target, opt, T, batch, count, weighted, gradient=False):
         tape.check_rows(batch)
         tape.check_rows(T % batch)
         p = Prepared()
-        p.key, p.held = key, (hyper, states)
+        p.key, p.held, p.batch, p.rest, p.full = key, (hyper, states), batch, T % batch, None
         p.step = training_step(tape, loss_code, code, hyper, labels, count, weighted, gradient)
         if not (_started or gradient):  # a first fit: compile its kernels in parallel
             prefetch_ops([k for rows in {batch, T % batch} - {0}
                           for k, _ in tape.step_kernels(rows, *p.step)[0]])
             _start(ws)
-        p.full, p.n_pre = tape.step_program(ws, batch, *p.step)
-        p.tail = tape.step_program(ws, T % batch, *p.step)[0] if T % batch else p.full
         ws.prepared = p
     return tape, ws, p, hyper, states
 
@@ -533,12 +539,13 @@ def run_epochs(net, X, target, loss, opt, orders, batch, lrs, tol, prev, count, 
     rows) of the epochs run. ``weights``: the rows' sample weights (None: unweighted). With
     ``check``, X is checked for NaN and inf first: None, having run nothing, if it holds one."""
     T = np.shape(orders)[1]
-    _, ws, p, hyper, states = prepare(net, loss, target, opt, T, batch, count,
-                                      weights is not None)
+    tape, ws, p, hyper, states = prepare(net, loss, target, opt, T, batch, count,
+                                         weights is not None)
     bound = _bind_batch(net, ws, X, target, orders, hyper, states, weights, check)
     if bound is None:
         return None
     X, target, orders, weights = bound
+    p.programs(tape, ws)
     outs = np.zeros((len(lrs), 5), np.float64)
     done = KE.train_epochs(ws.ctx, ws.fscal, p.full, p.tail, p.n_pre, orders, batch,
                            np.asarray(lrs, np.float64), -1.0 if tol is None else float(tol),
@@ -573,10 +580,10 @@ def gradient(net, X, target, loss, opt, order, count=False, weights=None, norm=N
     weights)."""
     rows = len(order)
     # no clipping: the caller clips the sum of the ranks' gradients
-    _, ws, p, hyper, states = prepare(net, loss, target, opt, rows, rows, count,
-                                      weights is not None, gradient=True)
+    tape, ws, p, hyper, states = prepare(net, loss, target, opt, rows, rows, count,
+                                         weights is not None, gradient=True)
     _bind_batch(net, ws, X, target, order, hyper, states, weights)
-    prog = p.full
+    prog = p.programs(tape, ws).full
     ws.ctx[KE.LO], ws.ctx[KE.RIGHT], ws.ctx[KE.STEP] = 0, 0, opt.t + 1
     if grads is not None:
         if grads.shape != net.flat_grads.shape or grads.dtype != net.dtype or \
