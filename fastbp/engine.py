@@ -455,8 +455,9 @@ class Prepared:
     batches of ``batch`` rows and the last, shorter one of ``rest`` rows (built by
     ``programs``, after the batch is checked: a refused first call compiles nothing), the calls
     before the update (``n_pre``), and the hyper-parameters and state buffers whose ids ``key``
-    holds (kept alive here, so the ids stay theirs). A one-row ``train_step`` spent 8-13 us of
-    its 55 in Python building it all again."""
+    holds (kept alive here, so the ids stay theirs). Building it all again cost a one-row
+    ``train_step`` about 1.5 us of its 55 (the rest of its 12 us of Python is spread over
+    some twenty steps of 0.2-1 us: docs/DESIGN-NOTES.md)."""
 
     __slots__ = ("key", "step", "batch", "rest", "full", "tail", "n_pre", "held")
 
