@@ -61,7 +61,7 @@ import numba
 import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba.core import caching, cgutils, sigutils
+from numba.core import caching, sigutils
 from numba.core.ccallback import CFunc
 from numba.core.registry import cpu_target
 from numba.extending import intrinsic, overload
@@ -596,78 +596,6 @@ def pointer(typingctx, addr, offset, dt):
     def codegen(context, builder, signature, args):
         p = builder.inttoptr(args[0], context.get_value_type(signature.return_type))
         return builder.gep(p, [args[1]])
-
-    return sig, codegen
-
-
-TILE_ROWS = 4  # rows of ``tile_sums``' tile: four accumulators, one vector of W^T loaded each step
-VECTOR_BYTES = 64  # its lanes: one 512-bit vector (two 256-bit ones where the CPU has no more)
-
-
-@intrinsic
-def tile_sums(typingctx, c, c0, ldc, a, a0, a_row, a_k, b, b0, ldb, init, init0, n, vecs):
-    """c[c0 + r ldc + l] = s[l] + sum_k a[a0 + r a_row + k a_k] b[b0 + k ldb + l] for the
-    TILE_ROWS rows r and ``vecs`` (a literal: 1 or 2) vectors of VECTOR_BYTES / itemsize lanes
-    l, k = 0 .. n-1 in increasing
-    order, s = init[init0 + l] (or 0 where init0 < 0); in compiled code, on float arrays of
-    one dtype. Each term is added by ``llvm.fmuladd``, fused where the CPU has FMA: the same
-    operations in the same order as ``ARITH``'s loop ``c[l] += a * b[l]``, so the same bits.
-    The accumulators stay in vector registers for the whole sum, which LLVM does not do for
-    such loops written in numba (it reloads and stores c at every k: 3-7x slower)."""
-    if not isinstance(vecs, numba.types.IntegerLiteral):
-        return None
-    dt = c.dtype
-    nv = vecs.literal_value  # vectors per row: 2 keep twice the sums in flight (FMA latency)
-    sig = numba.types.void(c, c0, ldc, a, a0, a_row, a_k, b, b0, ldb, init, init0, n, vecs)
-
-    def codegen(context, builder, signature, args):
-        c, c0, ldc, a, a0, a_row, a_k, b, b0, ldb, init, init0, n, _ = args
-        pc, pa, pb, pinit = [context.make_array(signature.args[k])(context, builder, v).data
-                             for k, v in ((0, c), (3, a), (7, b), (10, init))]
-        scalar = context.get_value_type(dt)
-        lanes = VECTOR_BYTES // np.dtype(str(dt)).itemsize
-        vec = ir.VectorType(scalar, lanes)
-        fmuladd = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec] * 3),
-            f"llvm.fmuladd.v{lanes}f{np.dtype(str(dt)).itemsize * 8}")
-        i64 = ir.IntType(64)
-
-        def at(p, offset):  # the vector at element ``offset`` of p
-            return builder.bitcast(builder.gep(p, [offset]), vec.as_pointer())
-
-        zero = ir.Constant(vec, [ir.Constant(scalar, 0.0)] * lanes)
-        given = builder.icmp_signed(">=", init0, ir.Constant(i64, 0))
-        i0 = builder.select(given, init0, ir.Constant(i64, 0))
-        accs = []
-        for v in range(nv):
-            start = builder.select(given, builder.load(at(pinit, builder.add(
-                i0, ir.Constant(i64, v * lanes))), align=1), zero)
-            for _ in range(TILE_ROWS):
-                acc = cgutils.alloca_once(builder, vec)
-                builder.store(start, acc)
-                accs.append(acc)
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-        with cgutils.for_range(builder, n) as loop:
-            k = loop.index
-            bk = builder.add(b0, builder.mul(k, ldb))
-            ws = [builder.load(at(pb, builder.add(bk, ir.Constant(i64, v * lanes))), align=1)
-                  for v in range(nv)]
-            ak = builder.add(a0, builder.mul(k, a_k))
-            for r in range(TILE_ROWS):
-                x = builder.load(builder.gep(pa, [builder.add(ak, builder.mul(
-                    ir.Constant(i64, r), a_row))]))
-                xs = builder.insert_element(ir.Constant(vec, ir.Undefined), x,
-                                            ir.Constant(ir.IntType(32), 0))
-                xs = builder.shuffle_vector(xs, ir.Constant(vec, ir.Undefined), mask)
-                for v in range(nv):
-                    acc = accs[v * TILE_ROWS + r]
-                    builder.store(builder.call(fmuladd, [xs, ws[v], builder.load(acc)]), acc)
-        for v in range(nv):
-            for r in range(TILE_ROWS):
-                offset = builder.add(c0, builder.add(builder.mul(ir.Constant(i64, r), ldc),
-                                                     ir.Constant(i64, v * lanes)))
-                builder.store(builder.load(accs[v * TILE_ROWS + r]), at(pc, offset), align=1)
-        return context.get_dummy_value()
 
     return sig, codegen
 

@@ -90,8 +90,7 @@ def _up(a):
 # Coverage: every kernel in the numeric kernel modules is exercised by a test below
 # ==============================================================================================
 TESTED = {
-    "dense": {"_axpy", "_affine_block", "_loop_forward", "_lanes", "_rows_ok", "_ld",
-              "dense_mode", "row_block", "unit_block",
+    "dense": {"_axpy", "_affine_block", "dense_mode", "row_block", "unit_block",
               "by_units", "input_scratch", "dense_forward",
               "dense_backward_params", "dense_backward_input_parts",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
@@ -135,9 +134,7 @@ def test_every_kernel_is_tested_here():
 # ==============================================================================================
 # dense: z = y W^T + b and its backward pass
 # ==============================================================================================
-# (T, D_in, D_out); the last two with the loop kernels' register tiles of two vectors and edges
-DENSE_SHAPES = [(1, 1, 1), (1, 33, 17), (5, 3, 7), (4, 17, 1), (9, 7, 33), (13, 70, 37),
-                (256, 16, 16)]
+DENSE_SHAPES = [(1, 1, 1), (1, 33, 17), (5, 3, 7), (4, 17, 1), (9, 7, 33)]  # (T, D_in, D_out)
 DENSE_FORWARD = {  # kernel: call with (y, W, b, z)
     "loop": lambda y, W, b, z: KD.dense_forward(y, W, b, z, _scratch_WT(W)),
     "blas": lambda y, W, b, z: KD.dense_forward_blas(y, W, b, z, _scratch_zT(z)),
@@ -185,34 +182,6 @@ def test_dense_forward(rng, kernel, dtype, T, D_in, D_out):
     R.assert_close(z, expected, dtype, scale, what="z")
     if T > 1:  # the all-zero row gives exactly the bias
         np.testing.assert_array_equal(z[1], b)
-
-
-def _strided(a):
-    """a's values in an array whose rows are not contiguous (every other element)."""
-    out = np.full((a.shape[0], 2 * a.shape[1]), np.nan, a.dtype)[:, ::2]
-    out[...] = a
-    return out
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T,D_in,D_out", [(4, 8, 16), (13, 70, 37), (256, 16, 16), (7, 33, 64),
-                                          (6, 2, 3)])
-def test_loop_kernels_tiles_give_the_loops_bits(rng, dtype, T, D_in, D_out):
-    """The loop kernels' register tiles (``_config.tile_sums``) and their edges give the same
-    bits as the loops alone, which run where rows are not contiguous: z, dW, db and dy."""
-    y, W, b = _data(rng, (T, D_in), dtype), _data(rng, (D_out, D_in), dtype, False), \
-        _data(rng, (D_out,), dtype)
-    dz = _data(rng, (T, D_out), dtype)
-    out = {}
-    for name, f in (("tiles", lambda a: a), ("loops", _strided)):
-        z = f(np.full((T, D_out), np.nan, dtype))
-        KD.dense_forward(f(y), W, b, z, _scratch_WT(W))
-        dW, db, dy = f(np.full(W.shape, np.nan, dtype)), np.full(D_out, np.nan, dtype), \
-            f(np.full(y.shape, np.nan, dtype))
-        KD.dense_backward_params(f(dz), f(y), dW, db)
-        KD.dense_backward_input(f(dz), f(W), dy)
-        out[name] = [np.ascontiguousarray(a).tobytes() for a in (z, dW, db, dy)]
-    assert out["tiles"] == out["loops"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -3,10 +3,8 @@
 - Loop kernels (``dense_forward``, ``dense_backward_params``, ``dense_backward_input``), for
   tiny products where a BLAS call costs more than the work: every output element is a running
   sum in a fixed order of its terms, z[t, j] = b[j] + y[t, 0] W[0, j]^T + y[t, 1] W[1, j]^T + ...,
-  each term fused where the CPU has FMA. Tiles of TILE_ROWS rows by one or two vectors of
-  outputs run in registers (``_config.tile_sums``); the edges run as axpy over the contiguous
-  output row, which LLVM vectorises without reordering any sum, and give the same bits. They
-  run on the calling thread.
+  computed as axpy over the contiguous output row, which LLVM vectorises without reordering any
+  sum. They run on the calling thread.
 - BLAS kernels (``*_blas``): one single-threaded GEMM per fixed block of outputs
   (``row_block(T)`` rows, or units: ``unit_block(n_out)`` for a forward of one block of rows
   and for dW, ``UNIT_BLOCK`` for a few rows; dy of one block of rows is summed from parts over
@@ -26,8 +24,7 @@ from numba import prange
 # (``z[t, :] += b``) compiles its broadcasting and error messages into every kernel, 3.5-4 s of
 # compiling where the loop takes 0.2 s (measured), for the same arithmetic.
 
-from .._config import (ARITH, GLUE, PARALLEL, SERIAL, TILE_ROWS, VECTOR_BYTES, njit,
-                      serial_twin, tile_sums)
+from .._config import ARITH, GLUE, PARALLEL, SERIAL, njit, serial_twin
 
 LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
 BLAS_MIN_WORK = 1 << 9  # multiply-adds from which a BLAS call beats the loop kernels (measured:
@@ -81,112 +78,40 @@ def _affine_block(y, WT, b, z, t0, t1, j0, j1):
             _axpy(y[t, i], w, z[t, j0:j1])
 
 
-@njit(**GLUE)
-def _lanes(a):
-    """Elements of a's dtype in one ``tile_sums`` vector."""
-    return VECTOR_BYTES // a.itemsize
-
-
-@njit(**GLUE)
-def _rows_ok(a, b, c):
-    """Whether the rows of a, b and c are contiguous, as ``tile_sums`` reads and writes them."""
-    return a.strides[1] == a.itemsize and b.strides[1] == b.itemsize and \
-        c.strides[1] == c.itemsize
-
-
-@njit(**GLUE)
-def _ld(a):
-    """a's row stride in elements."""
-    return a.strides[0] // a.itemsize
-
-
 @njit(**ARITH)
 def dense_forward(y, W, b, z, WT):
-    """z[t, j] = b[j] + sum_i W[j, i] y[t, i], i in increasing order; WT receives W^T. Tiles of
-    TILE_ROWS rows by one vector of units run in registers (``tile_sums``), the edges in
-    ``_affine_block``: the same operations in the same order, so the same bits."""
+    """z[t, j] = b[j] + sum_i W[j, i] y[t, i], i in increasing order; WT receives W^T."""
     for i in range(W.shape[1]):
         for j in range(W.shape[0]):
             WT[i, j] = W[j, i]
-    T, n_out = z.shape
-    tr, tn = T - T % TILE_ROWS, n_out - n_out % _lanes(z)
-    if not _rows_ok(y, z, WT):
-        tr = tn = 0
-    L = _lanes(z)
-    for t0 in range(0, tr, TILE_ROWS):
-        for j0 in range(0, tn, 2 * L):
-            if j0 + 2 * L <= tn:
-                tile_sums(z, t0 * _ld(z) + j0, _ld(z), y, t0 * _ld(y), _ld(y), 1, WT, j0,
-                          _ld(WT), b, j0, y.shape[1], 2)
-            else:
-                tile_sums(z, t0 * _ld(z) + j0, _ld(z), y, t0 * _ld(y), _ld(y), 1, WT, j0,
-                          _ld(WT), b, j0, y.shape[1], 1)
-    if tn < n_out:
-        _loop_forward(y, WT, b, z, 0, tr, tn, n_out)
-    _loop_forward(y, WT, b, z, tr, T, 0, n_out)
-
-
-@njit(**ARITH)
-def _loop_forward(y, WT, b, z, t0, t1, j0, j1):
-    """``_affine_block`` over rows t0:t1 and units j0:j1 in blocks of ROWS x COLS."""
-    for r in range(t0, t1, ROWS):
-        for c in range(j0, j1, COLS):
-            _affine_block(y, WT, b, z, r, min(r + ROWS, t1), c, min(c + COLS, j1))
+    nt, nj = -(-y.shape[0] // ROWS), -(-W.shape[0] // COLS)
+    for blk in range(nt * nj):
+        t0, j0 = (blk // nj) * ROWS, (blk % nj) * COLS
+        _affine_block(y, WT, b, z, t0, min(t0 + ROWS, y.shape[0]), j0, min(j0 + COLS, W.shape[0]))
 
 
 @njit(**ARITH)
 def dense_backward_params(dz, y, dW, db):
-    """dW[j, i] = sum_t dz[t, j] y[t, i] and db[j] = sum_t dz[t, j], t in increasing order
-    (dW's tiles of TILE_ROWS units by one vector of inputs in registers, as in
-    ``dense_forward``)."""
-    n_out, n_in = dW.shape
-    jr, it = n_out - n_out % TILE_ROWS, n_in - n_in % _lanes(dW)
-    if not _rows_ok(dz, y, dW):
-        jr = it = 0
-    L = _lanes(dW)
-    for j0 in range(0, jr, TILE_ROWS):
-        for i0 in range(0, it, 2 * L):
-            if i0 + 2 * L <= it:
-                tile_sums(dW, j0 * _ld(dW) + i0, _ld(dW), dz, j0, 1, _ld(dz), y, i0, _ld(y),
-                          dW, -1, dz.shape[0], 2)
-            else:
-                tile_sums(dW, j0 * _ld(dW) + i0, _ld(dW), dz, j0, 1, _ld(dz), y, i0, _ld(y),
-                          dW, -1, dz.shape[0], 1)
-    for j in range(n_out):
+    """dW[j, i] = sum_t dz[t, j] y[t, i] and db[j] = sum_t dz[t, j], t in increasing order."""
+    for j in range(dW.shape[0]):
+        dW[j, :] = 0
         s = dz.dtype.type(0)
         for t in range(dz.shape[0]):
+            _axpy(dz[t, j], y[t], dW[j])
             s += dz[t, j]
         db[j] = s
-        lo = it if j < jr else 0
-        if lo < n_in:
-            dW[j, lo:] = 0
-            for t in range(dz.shape[0]):
-                _axpy(dz[t, j], y[t, lo:], dW[j, lo:])
 
 
 @njit(**ARITH)
 def dense_backward_input(dz, W, dy):
-    """dy[t, i] = sum_j dz[t, j] W[j, i], j in increasing order (tiles of TILE_ROWS rows by one
-    vector of inputs in registers, as in ``dense_forward``)."""
-    T, n_in = dy.shape
-    tr, it = T - T % TILE_ROWS, n_in - n_in % _lanes(dy)
-    if not _rows_ok(dz, W, dy):
-        tr = it = 0
-    L = _lanes(dy)
-    for t0 in range(0, tr, TILE_ROWS):
-        for i0 in range(0, it, 2 * L):
-            if i0 + 2 * L <= it:
-                tile_sums(dy, t0 * _ld(dy) + i0, _ld(dy), dz, t0 * _ld(dz), _ld(dz), 1, W, i0,
-                          _ld(W), dy, -1, W.shape[0], 2)
-            else:
-                tile_sums(dy, t0 * _ld(dy) + i0, _ld(dy), dz, t0 * _ld(dz), _ld(dz), 1, W, i0,
-                          _ld(W), dy, -1, W.shape[0], 1)
-    for t in range(T):
-        for i0 in range(it if t < tr else 0, n_in, COLS):
-            i1 = min(i0 + COLS, n_in)
-            dy[t, i0:i1] = 0
-            for j in range(W.shape[0]):
-                _axpy(dz[t, j], W[j, i0:i1], dy[t, i0:i1])
+    """dy[t, i] = sum_j dz[t, j] W[j, i], j in increasing order."""
+    nc = -(-W.shape[1] // COLS)
+    for blk in range(dz.shape[0] * nc):
+        t, i0 = blk // nc, (blk % nc) * COLS
+        i1 = min(i0 + COLS, W.shape[1])
+        dy[t, i0:i1] = 0
+        for j in range(W.shape[0]):
+            _axpy(dz[t, j], W[j, i0:i1], dy[t, i0:i1])
 
 
 @njit(**GLUE)
