@@ -524,15 +524,26 @@ def _claim(claims, i):
         return False
 
 
+def _helper_env():
+    """A compile helper's environment: this process's module path, so that it imports the same
+    fastbp (a different one has another CACHE_DIR, and compile_specs then does nothing), and
+    the CPU features this process's numba compiles for (``_prefer_wide_vectors`` leaves a
+    process alone whose numba had compiled before fastbp was imported)."""
+    return dict(os.environ, FASTBP_COMPILE_JOBS="1", NUMBA_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+                NUMBA_CPU_FEATURES=_cpu_features())
+
+
+def _cpu_features():
+    """The CPU features numba compiles for (its setting, else the host's, as numba takes)."""
+    return numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+
+
 def _start_helper(job):
     """A fresh process compiling the kernels of ``job`` into the cache (None if it cannot
     start)."""
-    # this process's module path, so the helper imports the same fastbp (a different one has
-    # another CACHE_DIR, and compile_specs then does nothing)
-    env = dict(os.environ, FASTBP_COMPILE_JOBS="1", NUMBA_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     try:
-        helper = subprocess.Popen([sys.executable, "-m", "fastbp._compile"], env=env,
+        helper = subprocess.Popen([sys.executable, "-m", "fastbp._compile"], env=_helper_env(),
                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         helper.stdin.write(json.dumps(job).encode())
@@ -554,10 +565,10 @@ def compile_specs(job):
 
 
 def _compiler_config():
-    """numba's settings that change compiled code, as text."""
-    return {name: repr(getattr(numba.config, name, None)) for name in
-            ("BOUNDSCHECK", "OPT", "DEBUGINFO_DEFAULT", "CPU_NAME", "CPU_FEATURES",
-             "THREADING_LAYER")}
+    """numba's settings that change compiled code, as text (the CPU features as compiled for)."""
+    return dict({name: repr(getattr(numba.config, name, None)) for name in
+                 ("BOUNDSCHECK", "OPT", "DEBUGINFO_DEFAULT", "CPU_NAME", "THREADING_LAYER")},
+                CPU_FEATURES=_cpu_features())
 
 
 def from_spec(spec):

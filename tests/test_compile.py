@@ -127,6 +127,30 @@ def test_a_helper_with_other_numba_settings_compiles_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+HELPER_CONFIG = r'''
+import json, subprocess, sys
+import numba
+numba.njit(lambda: 1)()  # numba sets up its code generator before fastbp is imported
+import fastbp._config as C
+code = "import json, fastbp._config as C; print(json.dumps(C._compiler_config()))"
+child = subprocess.run([sys.executable, "-c", code], env=C._helper_env(), capture_output=True,
+                       text=True, timeout=120, check=True)
+print(json.dumps([C._compiler_config(), json.loads(child.stdout)]))
+'''
+
+
+def test_compile_helpers_compile_for_the_parents_cpu_features():
+    """A helper compiles only where its numba settings are its parent's. A parent whose numba
+    compiled before ``import fastbp`` keeps LLVM's vector width (``_prefer_wide_vectors``), and
+    its helpers, fresh processes, are told its CPU features rather than choosing their own."""
+    out = subprocess.run([sys.executable, "-c", HELPER_CONFIG], capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in os.environ.items()
+                                           if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, helper = json.loads(out.stdout.strip().splitlines()[-1])
+    assert parent == helper
+
+
 def test_claims_go_to_one_process_each(tmp_path):
     assert _config._claim(str(tmp_path), 3)
     assert not _config._claim(str(tmp_path), 3)
