@@ -17,6 +17,7 @@ import sys
 import numba
 import numpy as np
 import pytest
+from llvmlite import binding
 
 import fastbp as fb
 import fastbp._config as C
@@ -94,8 +95,6 @@ WIDE = (numba.config.CPU_FEATURES or "").endswith(",-prefer-256-bit")
 def test_bit_identical_with_256_and_512_bit_vectors():
     """On CPUs where fastbp lets LLVM use 512-bit vectors (``_config._prefer_wide_vectors``),
     every result has the same bits as with LLVM's own 256-bit preference."""
-    from llvmlite import binding
-
     narrow = _run(2, NUMBA_CPU_FEATURES=binding.get_host_cpu_features().flatten())
     wide = _run(2)
     differ = sorted(k for k in wide if wide[k] != narrow[k])
@@ -105,8 +104,6 @@ def test_bit_identical_with_256_and_512_bit_vectors():
 def test_wide_vectors_only_where_fastbp_chose_them():
     """With AVX-512 VBMI2 and no NUMBA_CPU_NAME or NUMBA_CPU_FEATURES of the user's, fastbp's
     loops compile to 512-bit vectors (zmm registers); a user's NUMBA_CPU_FEATURES is kept."""
-    from llvmlite import binding
-
     vbmi2 = bool(binding.get_host_cpu_features().get("avx512vbmi2"))
     user = os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("NUMBA_CPU_NAME")
     assert WIDE == (vbmi2 and not user)
