@@ -50,6 +50,8 @@ def test_tree_sum_is_the_balanced_tree_over_the_blocks():
         every = (rng.standard_normal((n, 257)) * 10.0 ** rng.integers(-3, 4, (n, 1))).astype(
             np.float32)
         want = reference(list(every))
+        out = np.full(257, np.nan, np.float32)  # the total into ``out``, the same bits
+        assert tree_sum(every.copy(), 0, n, out) is out and out.tobytes() == want.tobytes(), n
         got = tree_sum(every, 0, n)
         assert got.tobytes() == want.tobytes(), n
     every = (rng.standard_normal((7, 257)) * 10.0 ** rng.integers(-3, 4, (7, 1))).astype(
