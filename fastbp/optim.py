@@ -120,13 +120,13 @@ class Optimizer:
         """The engine's hyper-parameters (``kernels.engine.N_HYPER``): the optimizer's own,
         then at ``kernels.engine.CLIP`` clip_norm (0: none). The same array while the values
         hold: the engine keeps a training call prepared while its arrays are the same."""
-        values += (self.clip_norm or 0.0,)
+        key = values + (self.clip_norm or 0.0,)
         held = self.__dict__.get("_held_hyper")
-        if held is None or held[0] != values:
+        if held is None or held[0] != key:
             h = np.zeros(KE.N_HYPER)
-            h[:len(values) - 1] = values[:-1]
-            h[KE.CLIP] = values[-1]
-            held = self._held_hyper = (values, h)
+            h[:len(values)] = values
+            h[KE.CLIP] = key[-1]
+            held = self._held_hyper = (key, h)
         return held[1]
 
     def _clip(self, net):
