@@ -57,6 +57,22 @@ WORKLOADS = {
     "W6b": ("w6b", "784-256-10 train_step one row", dict(calls=1000), dict(calls=300)),
 }
 W4_SIZES = [1024, 4096, 4096, 10]  # as in contenders/_common.py, kept here for the GFLOP/s line
+# The dense products of each GEMM-bound workload, as in contenders/*.py: (n_in, n_out, whether
+# its dy is computed; a layer reading the input has none), for the floor line.
+_W3 = [(784, 256, False), (256, 128, True), (128, 10, True)]
+PRODUCTS = {"W3a": _W3, "W3b": _W3, "W4": [(1024, 4096, False), (4096, 4096, True),
+                                          (4096, 10, True)],
+            "W5": [(784, 256, False), (784, 256, False), (256, 10, True)]}
+
+
+def product_flops(workload, quick):
+    """Floating-point operations of a GEMM-bound workload's products over its timed run:
+    forward, dW and (where computed) dy, 2 n_in n_out each per row, over every row trained on
+    (``random_rows`` keeps a whole number of batches)."""
+    kw = kwargs_for(workload, quick)
+    rows = kw["batch"] * kw["steps"] if "steps" in kw else kw["rows"] - kw["rows"] % kw["batch"]
+    return rows * sum(2 * n_in * n_out * (3 if dy else 2) for n_in, n_out, dy in
+                      PRODUCTS[workload])
 
 
 def per_call(workload):
@@ -352,6 +368,15 @@ def print_table(table, runs, workloads, contenders, applies, quick, peak=None):
         of_peak = f"; % of the sgemm peak {peak:.0f}" if peak else ""
         print(f"\nW4 GFLOP/s (6 * weights * batch * steps / time{of_peak}): "
               + (", ".join(rates) or "n/a"))
+    floors = []
+    for w in workloads:
+        peers = [table[w, p] for p in contenders if p != "fastbp" and table[w, p] is not None]
+        if w in PRODUCTS and peak and peers:
+            floor = product_flops(w, quick) / (peak * 1e9)
+            floors.append(f"{w} {fmt(floor)} s = {floor / min(peers):.2f} of the best peer")
+    if floors:
+        print(f"\nfloor (the products' FLOPs at the sgemm peak {peak:.0f} GFLOP/s; no run on "
+              "this BLAS is faster): " + ", ".join(floors))
     for text, n in notes.items():
         print(f"[{n}] {text}")
 

@@ -94,3 +94,22 @@ def test_machine_info_records_flags_and_overrides(monkeypatch):
     assert info["openblas_overrides"] == {"OPENBLAS_CORETYPE": "Haswell"}
     assert info["children_keep_overrides"] is False
     assert isinstance(info["cpu_flags"], list)
+
+
+def test_product_flops_count_forward_dw_and_the_dy_computed():
+    # W3b: 60000 rows in 234 whole batches of 256; 784x256 without dy, 256x128 and 128x10 with
+    per_row = 2 * 784 * 256 * 2 + 2 * 256 * 128 * 3 + 2 * 128 * 10 * 3
+    assert compare.product_flops("W3b", False) == 59904 * per_row
+    assert compare.product_flops("W4", True) == 3 * 512 * (
+        2 * 1024 * 4096 * 2 + 2 * 4096 * 4096 * 3 + 2 * 4096 * 10 * 3)
+
+
+def test_the_floor_line_names_each_gemm_bound_workload(capsys):
+    table = {("W3b", "fastbp"): 0.5, ("W3b", "numpy"): 0.4, ("W2", "fastbp"): 0.1,
+             ("W2", "numpy"): 0.2}
+    applies = {"fastbp": {"W3b", "W2"}, "numpy": {"W3b", "W2"}}
+    compare.print_table(table, {}, ["W3b", "W2"], ["fastbp", "numpy"], applies, False, 200.0)
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("floor")][0]
+    floor = compare.product_flops("W3b", False) / 200e9
+    assert f"W3b {compare.fmt(floor)} s = {floor / 0.4:.2f} of the best peer" in line
+    assert "W2" not in line  # not bound by its products

@@ -138,7 +138,8 @@ def test_passes_over_the_parameters_run_on_the_threads_only_beside_threaded_prod
     small = compile_train_tape(fb.Sequential(fb.Linear(784, 256), fb.ReLU(), fb.Linear(256, 10),
                                              fb.Softmax(), dtype=np.float32, seed=0))
     assert small.net.flat_params.size >= KE.PAR_MIN_WORK  # large enough for the threads ...
-    assert not small._threaded(1) and not small._threaded(32)  # ... but the products are not
+    assert not small._threaded(1) and not small._threaded(4)  # ... but the products are not
+    assert small._threaded(8)  # 8 x 256 x 784 multiply-adds: two blocks of units
     wide = compile_train_tape(fb.Sequential(fb.Linear(64, 4096), fb.ReLU(), fb.Linear(4096, 10),
                                             fb.Softmax(), dtype=np.float32, seed=0))
     assert wide._threaded(512) and not wide._threaded(1)

@@ -281,17 +281,19 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert KD.dense_mode(2, 16, 16) == KD.BLAS_SERIAL_MODE  # 2^9
     assert KD.dense_mode(1, 10, 256) == KD.BLAS_SERIAL_MODE  # one row of W6's output layer
     assert KD.dense_mode(8, 128, 64) == KD.BLAS_SERIAL_MODE  # 2^16: too little to split
-    assert KD.PAR_MIN_WORK == 1 << 23
+    assert KD.PAR_MIN_WORK == 1 << 20
     assert KD.dense_mode(8, 256, 8192) == KD.BLAS_MODE  # 2^24 in four blocks of units
     assert KD.dense_mode(256, 256, 128) == KD.BLAS_MODE  # 2^23 in two blocks of rows
-    assert KD.dense_mode(256, 128, 128) == KD.BLAS_SERIAL_MODE  # 2^22: too little to split
+    assert KD.dense_mode(256, 128, 32) == KD.BLAS_MODE  # 2^20 in two blocks of rows
+    assert KD.dense_mode(256, 64, 32) == KD.BLAS_SERIAL_MODE  # 2^19: too little to split
     assert KD.dense_mode(64, 64, 4096) == KD.BLAS_SERIAL_MODE  # 2^24 but one block
     assert KD.dense_mode(32, 64, 8192) == KD.BLAS_SERIAL_MODE  # 2^24 but one block
     # W3a's first layer: 64 rows make one block, 256 units two (forward by units)
     assert KD.dense_mode(64, 256, 784) == KD.BLAS_MODE and KD.by_units(64, 256, 784)
     assert not KD.by_units(128, 256, 784)  # two blocks of rows
     assert not KD.by_units(64, 64, 4096)  # one block of units
-    assert not KD.by_units(64, 128, 512)  # 2^22: too little to split
+    assert KD.by_units(64, 128, 512)  # 2^22 (W3a's second layer is 2^21)
+    assert not KD.by_units(64, 128, 64)  # 2^19: too little to split
     for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
                                    ((3, 100, 300), "blas_serial"), ((3, 2048, 4096), "blas"),
                                    ((64, 512, 512), "blas")]:

@@ -29,11 +29,14 @@ from .._config import ARITH, GLUE, PARALLEL, SERIAL, njit, serial_twin
 LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
 BLAS_MIN_WORK = 1 << 9  # multiply-adds from which a BLAS call beats the loop kernels (measured:
 # from 1x16x16 forward, 1x10x64 backward; 1x256x10 forward took 7.1 us in loops, 0.9 in BLAS)
-PAR_MIN_WORK = 1 << 23  # multiply-adds from which spreading blocks over threads pays. Measured
-# on a 2-core Zen3 EPYC (2026-12-02, float32, best of 9): 256x256x128 1.5-2x faster on two
-# threads (forward, dW and dy), 64x256x784 1.45x (forward by units, dW), 64x128x256 1.1x slower;
-# on a 2-core Xeon (2026-12-01) 256x128x256 had been 1.4x faster on one thread and 64x256x784
-# as fast on one as on two (docs/DESIGN-NOTES.md)
+PAR_MIN_WORK = 1 << 20  # multiply-adds from which spreading blocks over threads pays. Measured
+# on a 2-core Zen 4 EPYC (2026-12-02, float32, best of 15 x 2): 1-2M multiply-adds 1.1-2.8x
+# faster on two threads (32x256x128, 64x128x128, 16x784x128, 64x256x128, 128x128x128; forward,
+# dW and dy), W3a's step 15% faster (its 64x256x128 layer: forward 62 -> 34 us, backward 128 ->
+# 80). It was 1 << 23, from a 2-core Zen3 (2026-12-02: 256x256x128 1.5-2x faster on two threads,
+# 64x128x256 1.1x slower) and a Xeon (2026-12-01: 256x128x256 1.4x faster on one thread)
+# (docs/DESIGN-NOTES.md). Only which kernel runs depends on it, never a result's bits beyond
+# the split of ``by_units``, which is fixed by the sizes like every other split.
 ROWS, COLS = 8, 512  # loop kernels' output block: 8 rows share each loaded row of W^T
 UNIT_BLOCK = 64  # BLAS kernels' block of units of z for fewer than FEW rows
 FEW = 8
