@@ -11,6 +11,7 @@ loaded; an sgemm child measures the machine's GEMM peak before and after the rou
     python bench/compare.py --quick               # 2 rounds, smaller sizes
     python bench/compare.py --only W2,W3a --contenders fastbp,torch --json out.json
     python bench/compare.py --keep-openblas-env   # children keep the OpenBLAS overrides
+    python bench/compare.py --rounds 3 --repeat 2 # each run the fastest of two repeats
 
 The implementations are in bench/contenders/<name>.py, one function per workload.
 """
@@ -127,8 +128,9 @@ def report(work):
     print(MARK + json.dumps(out), flush=True)
 
 
-def child(contender, workload, quick):
-    """Runs one workload once, prints one result line: {"seconds": s} or {"error": text}."""
+def child(contender, workload, quick, repeat=1):
+    """Runs one workload ``repeat`` times in this process, prints one result line:
+    {"seconds": the fastest, "repeats": every time} or {"error": text}."""
     sys.path.insert(0, HERE)  # bench/contenders as the namespace package `contenders`
     sys.path.append(os.path.dirname(HERE))  # an uninstalled checkout's fastbp, last
 
@@ -138,7 +140,9 @@ def child(contender, workload, quick):
             import fastbp
 
             out["where"] = os.path.dirname(os.path.abspath(fastbp.__file__ or "."))
-        out["seconds"] = getattr(module, WORKLOADS[workload][0])(**kwargs_for(workload, quick))
+        run = getattr(module, WORKLOADS[workload][0])
+        out["repeats"] = [run(**kwargs_for(workload, quick)) for _ in range(repeat)]
+        out["seconds"] = min(out["repeats"])
 
     report(work)
 
@@ -177,8 +181,9 @@ def child_env(keep_openblas_env=False, environ=None):
     return env
 
 
-def run_one(contender, workload, quick, timeout, env):
-    args = ["--child", contender, workload] + (["--quick"] if quick else [])
+def run_one(contender, workload, quick, timeout, env, repeat=1):
+    args = ["--child", contender, workload, "--repeat", str(repeat)] + \
+        (["--quick"] if quick else [])
     return run_child(args, timeout, env)
 
 
@@ -389,6 +394,9 @@ def main(argv=None):
     ap.add_argument("--contenders", help="comma-separated, from " + ",".join(CONTENDERS))
     ap.add_argument("--json", metavar="PATH", help="write all times and medians to PATH")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="times each run repeats its workload, keeping the fastest (default 1; "
+                    "2 or 3 on a machine whose speed changes from second to second)")
     ap.add_argument("--keep-openblas-env", action="store_true",
                     help="children keep " + " and ".join(OPENBLAS_OVERRIDES) + " (default: unset)")
     ap.add_argument("--child", nargs=2, metavar=("CONTENDER", "WORKLOAD"), help=argparse.SUPPRESS)
@@ -396,7 +404,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.child:
-        return child(*args.child, args.quick)
+        return child(*args.child, args.quick, args.repeat)
     if args.sgemm:
         return sgemm_child(args.sgemm)
 
@@ -406,6 +414,8 @@ def main(argv=None):
         bad = [x for x in name if x not in known]
         if bad:
             ap.error(f"unknown {', '.join(bad)}; choose from {','.join(known)}")
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1, got {args.repeat}")
     rounds = args.rounds or (2 if args.quick else 5)
     timeout = args.timeout or (300 if args.quick else 900)
     applies = {con: workloads_of(con) for con in contenders}
@@ -413,8 +423,9 @@ def main(argv=None):
     env = child_env(args.keep_openblas_env)
     info = machine_info(args.keep_openblas_env)
     print_info(info)
-    print(f"rounds   {rounds}{' (quick sizes)' if args.quick else ''}; each run a fresh process\n",
-          flush=True)
+    repeats = f", the fastest of {args.repeat} repeats" if args.repeat > 1 else ""
+    print(f"rounds   {rounds}{' (quick sizes)' if args.quick else ''}; each run a fresh process"
+          f"{repeats}\n", flush=True)
 
     runs = {}
     sgemm = {"before": sgemm_peak(timeout, env)}
@@ -426,7 +437,7 @@ def main(argv=None):
         for w in workloads:
             for con in order:
                 if w in applies[con]:
-                    result = run_one(con, w, args.quick, timeout, env)
+                    result = run_one(con, w, args.quick, timeout, env, args.repeat)
                     runs.setdefault((w, con), []).append(result)
                     if con == "fastbp" and "where" in result:
                         info["fastbp_from"] = result["where"]
@@ -445,7 +456,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({
-                "machine": info, "rounds": rounds, "quick": args.quick,
+                "machine": info, "rounds": rounds, "repeat": args.repeat, "quick": args.quick,
                 "sgemm": {"n": SGEMM_N, "threads": THREADS, **sgemm},
                 "openblas": openblas,
                 "sizes": {w: kwargs_for(w, args.quick) for w in workloads},

@@ -113,3 +113,15 @@ def test_the_floor_line_names_each_gemm_bound_workload(capsys):
     floor = compare.product_flops("W3b", False) / 200e9
     assert f"W3b {compare.fmt(floor)} s = {floor / 0.4:.2f} of the best peer" in line
     assert "W2" not in line  # not bound by its products
+
+
+def test_a_child_repeats_its_workload_and_reports_the_fastest(monkeypatch, capsys):
+    times = iter([0.5, 0.25, 0.75])
+    fake = type("Contender", (), {"w2": staticmethod(lambda epochs: next(times))})
+    monkeypatch.setattr(compare.importlib, "import_module", lambda name: fake)
+    monkeypatch.setattr(compare, "openblas_in_use", lambda: [])
+    monkeypatch.setattr(compare.sys, "path", list(compare.sys.path))  # the child extends it
+    compare.child("numpy", "W2", True, repeat=3)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    result = compare.json.loads(line[len(compare.MARK):])
+    assert result["repeats"] == [0.5, 0.25, 0.75] and result["seconds"] == 0.25
