@@ -64,6 +64,15 @@ def fingerprints():
         parts["wide loss"] = np.array([value])
         parts["wide grads"] = wide.flat_grads
         parts["wide predict"] = wide.predict(X)
+        # under 2^23 multiply-adds, over dense.PAR_MIN_WORK: split by units on the threads too
+        mid = fb.Sequential(fb.Linear(300, 130), fb.Tanh(), fb.Linear(130, 3), dtype=dtype,
+                            seed=7)
+        assert fb.kernels.dense.by_units(64, 130, 300) and 64 * 130 * 300 < 1 << 23
+        X = rng.normal(size=(64, 300)).astype(dtype)
+        value = mid.loss_and_grad(X, rng.normal(size=(64, 3)), fb.L2())
+        parts["mid loss"] = np.array([value])
+        parts["mid grads"] = mid.flat_grads
+        parts["mid predict"] = mid.predict(X)
         for k, v in parts.items():
             out[f"{name} {k}"] = hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
     return out
@@ -83,7 +92,7 @@ def _run(threads, **more):
 def test_bit_identical_with_1_and_2_threads_in_subprocesses():
     one, two = _run(1), _run(2)
     assert one.pop("threads") == 1 and two.pop("threads") == 2
-    assert len(one) == 24
+    assert len(one) == 30
     differ = sorted(k for k in one if one[k] != two[k])
     assert not differ, f"results depend on the thread count: {differ}"
 
