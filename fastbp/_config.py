@@ -41,6 +41,7 @@ the one-thread copy of a parallel kernel that the engine uses for small ops.
 import atexit
 import contextlib
 import ctypes
+import gc
 import hashlib
 import importlib
 import importlib.machinery
@@ -500,6 +501,21 @@ class _NoShare:
 _NO_SHARE = _NoShare()
 _shared = []  # compiles started and not finished
 _sharing = threading.RLock()
+
+
+@atexit.register
+def _freeze_at_exit():
+    """At exit, move every object into the garbage collector's permanent generation
+    (``gc.freeze``), so that the interpreter's last collections skip the objects numba made
+    (its typing and lowering registries, the loaded kernels' LLVM handles), which the OS frees
+    with the process anyway. Measured on a 2-core Zen 4 (2026-12-03, 10 runs alternating,
+    medians): ``import fastbp`` 0.449 -> 0.388 s, import + first fit on a warm cache
+    0.829 -> 0.604 s, as fast as ending with ``os._exit``. Objects still in reference cycles at
+    exit are then not collected (Python does not promise that; their ``__del__`` does not run):
+    ``FASTBP_GC_AT_EXIT=1`` keeps Python's last collections. Registered at import, so handlers
+    registered later (``atexit`` runs them last-in, first-out) run before it."""
+    if os.environ.get("FASTBP_GC_AT_EXIT", "0") in ("", "0"):
+        gc.freeze()
 
 
 @atexit.register

@@ -3,6 +3,7 @@ layer (docs/ARCHITECTURE.md), no module imports one of a higher layer, and no fu
 import of fastbp (or of anything but the few heavy or optional libraries named below)."""
 
 import ast
+import os
 import pathlib
 import subprocess
 import sys
@@ -188,3 +189,31 @@ def test_import_loads_scipys_blas_without_scipy_linalg():
             "X = np.ones((32, 64))\n"
             "assert np.allclose(net.predict(X), X @ net[0].W.T + net[0].b)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# An object in a reference cycle, left for the interpreter's last collections at exit.
+CYCLE_AT_EXIT = r'''
+import gc, os
+import fastbp
+gc.disable()
+class Cycle:
+    def __del__(self, write=os.write):
+        write(1, b"collected")
+c = Cycle()
+c.me = c
+del c
+'''
+
+
+@pytest.mark.parametrize("setting, collected", [(None, False), ("0", False), ("1", True)])
+def test_exit_skips_the_last_collections_unless_asked(setting, collected):
+    """fastbp freezes the garbage collector at exit (``_config._freeze_at_exit``: 0.1-0.2 s
+    off every process's exit); ``FASTBP_GC_AT_EXIT=1`` keeps Python's last collections, which
+    collect the cycle and run its ``__del__``."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTBP_GC_AT_EXIT"}
+    if setting is not None:
+        env["FASTBP_GC_AT_EXIT"] = setting
+    out = subprocess.run([sys.executable, "-c", CYCLE_AT_EXIT], capture_output=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (out.stdout == b"collected") is collected, out.stdout
