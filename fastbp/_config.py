@@ -62,7 +62,7 @@ import numba
 import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba.core import caching, sigutils
+from numba.core import caching, cgutils, sigutils
 from numba.core.ccallback import CFunc
 from numba.core.registry import cpu_target
 from numba.extending import intrinsic, overload
@@ -321,7 +321,10 @@ def op_kernel(fn, dtype, **consts):
     flag, and drops branches on them before it types anything). The copy is named after the
     values, so numba's cache keeps each apart. Nothing is compiled until its ``address`` is
     asked for, or ``compile_ops`` compiles a program's kernels together; then once per process
-    for each argument tuple."""
+    for each argument tuple. NumPy scalars among ``consts`` become Python's (an np.False_
+    equals False as a key, and would otherwise leave its kernel unnamed to the compile helpers
+    whenever it came first: ``OpKernel.spec``)."""
+    consts = {k: v.item() if isinstance(v, np.generic) else v for k, v in consts.items()}
     key = (fn, dtype, tuple(consts.items()))
     if key not in _op_kernels:
         _op_kernels[key] = OpKernel(fn, dtype, consts)
@@ -612,6 +615,77 @@ def call_op(typingctx, fn, ctx, op, rows):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def dot(typingctx, a, b, out):
+    """``np.dot(a, b, out)`` for contiguous arrays (C or F) of one dtype, a matrix times a
+    matrix or a vector, or a vector times a matrix, whose shapes the caller has made to agree:
+    the BLAS call numba's np.dot makes (GEMM, GEMV where a side has one row or column, a dot
+    product for one by one), so the same bits, without its argument checks, each compiled as a
+    function of its own per call site's types (0.1-0.35 s of compiling per kernel, measured on a
+    Zen 4). Every dimension must be below 2**31 (BLAS's int), which numba's np.dot checks and
+    this does not: fastbp's blocks and layers are far smaller."""
+    arrays = (a, b, out)
+    if not all(isinstance(x, numba.types.Array) and x.layout in "CF" for x in arrays) \
+            or len({x.dtype for x in arrays}) != 1 or out.layout != "C" \
+            or (a.ndim, b.ndim, out.ndim) not in ((2, 2, 2), (2, 1, 1), (1, 2, 1)):
+        raise numba.core.errors.TypingError(f"dot: unsupported arguments {arrays}")
+
+    def codegen(context, builder, signature, args):
+        # numba imported its linalg module when it set up its target, before any codegen
+        linalg = sys.modules["numba.np.linalg"]
+        linalg.ensure_blas()
+        x, y, o = (context.make_array(t)(context, builder, v) for t, v in zip(arrays, args))
+        xs, ys = cgutils.unpack_tuple(builder, x.shape), cgutils.unpack_tuple(builder, y.shape)
+        nbytes = builder.mul(o.itemsize, o.nitems)
+        dt = a.dtype
+
+        def equals(v, n):
+            return builder.icmp_signed("==", v, context.get_constant(numba.types.intp, n))
+
+        if a.ndim == 1 or b.ndim == 1:  # numba's dot_3_vm
+            if a.ndim == 1:  # vector x matrix: y^T x
+                mty, ms, md, vd, n, lda, trans = b, ys, y.data, x.data, xs[0], ys[1], \
+                    b.layout == "F"
+            else:
+                mty, ms, md, vd, n, lda, trans = a, xs, x.data, y.data, ys[0], xs[0], \
+                    a.layout == "C"
+            with builder.if_else(builder.or_(equals(n, 0), equals(lda, 0)), likely=False) \
+                    as (empty, full):
+                with empty:
+                    cgutils.memset(builder, o.data, nbytes, 0)
+                with full:
+                    linalg.call_xxgemv(context, builder, trans, mty, ms, md, vd, o.data)
+            return context.get_dummy_value()
+        (m, k), n = xs, ys[1]  # numba's dot_3_mm
+        with builder.if_else(builder.or_(equals(k, 0), builder.or_(equals(m, 0), equals(n, 0))),
+                             likely=False) as (empty, full):
+            with empty:
+                cgutils.memset(builder, o.data, nbytes, 0)
+            with full:
+                with builder.if_else(equals(n, 1)) as (column, matrix):
+                    with column:
+                        with builder.if_else(equals(m, 1)) as (one, rows):
+                            with one:
+                                linalg.call_xxdot(context, builder, False, dt, k, x.data,
+                                                  y.data, o.data)
+                            with rows:
+                                linalg.call_xxgemv(context, builder, a.layout == out.layout, a,
+                                                   xs, x.data, y.data, o.data)
+                    with matrix:
+                        with builder.if_else(equals(m, 1)) as (row, general):
+                            with row:
+                                linalg.call_xxgemv(context, builder, b.layout != out.layout, b,
+                                                   ys, y.data, x.data, o.data)
+                            with general:
+                                linalg.call_xxgemm(context, builder, a, xs, x.data, b, ys,
+                                                   y.data, out,
+                                                   cgutils.unpack_tuple(builder, o.shape),
+                                                   o.data)
+        return context.get_dummy_value()
+
+    return numba.types.void(a, b, out), codegen
 
 
 @intrinsic

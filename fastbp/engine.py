@@ -8,7 +8,7 @@ import numpy as np
 
 from ._config import compile_ops, op_kernel, prefetch_ops, serial_twin_of
 from .errors import Unsupported
-from .nodes import by_units, dense_mode, input_scratch
+from .nodes import blas_kernels, by_units, dense_mode, input_scratch
 from .kernels import dense as KD
 from .kernels import divergences as KDiv
 from .kernels import engine as KE
@@ -45,8 +45,8 @@ class Op:
             mode = dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward, BLAS=False)
-            return op_kernel(KE.linear_forward, dt, KERNEL=KD.dense_forward_blas if
-                             mode == KD.BLAS_MODE else KD.dense_forward_blas_serial, BLAS=True)
+            return op_kernel(KE.linear_forward, dt, KERNEL=blas_kernels(rows, mode)[0],
+                             BLAS=True)
         if self.forward is None:
             return None
         fn, leaf = self.forward
@@ -60,15 +60,15 @@ class Op:
             mode = dense_mode(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
             if defer:
                 return op_kernel(KE.linear_backward, dt, KERNEL2=KD.dense_backward_input if
-                                 mode == KD.LOOP_MODE else KD.dense_backward_input_blas_serial,
+                                 mode == KD.LOOP_MODE else
+                                 blas_kernels(rows, KD.BLAS_SERIAL_MODE)[1],
                                  NEED_DY=need_dy, DEFER=True)
             if mode == KD.LOOP_MODE:
                 return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params,
                                  KERNEL2=KD.dense_backward_input, NEED_DY=need_dy, BLAS=False)
             par = mode == KD.BLAS_MODE
             split = need_dy and by_units(rows, self.fields[KE.N_OUT], self.fields[KE.N_IN])
-            dy = KD.dense_backward_input_parts if split else \
-                KD.dense_backward_input_blas if par else KD.dense_backward_input_blas_serial
+            dy = KD.dense_backward_input_parts if split else blas_kernels(rows, mode)[1]
             return op_kernel(KE.linear_backward, dt, KERNEL=KD.dense_backward_params_blas if par
                              else KD.dense_backward_params_blas_serial, KERNEL2=dy,
                              NEED_DY=need_dy, BLAS=True, SPLIT_DY=split)

@@ -30,6 +30,16 @@ def sized(kernel, n):
     return kernel if n >= KE.PAR_MIN_WORK else serial_twin_of(kernel)
 
 
+def blas_kernels(rows, mode):
+    """The BLAS kernels (forward, dy) of a batch of ``rows`` rows in a BLAS ``mode``
+    (``dense.dense_mode``): the GEMV kernels for fewer than ``dense.FEW`` rows, the serial
+    twins out of ``BLAS_MODE``."""
+    few = rows < KD.FEW
+    kernels = (KD.dense_forward_gemv if few else KD.dense_forward_blas,
+               KD.dense_backward_input_gemv if few else KD.dense_backward_input_blas)
+    return kernels if mode == KD.BLAS_MODE else tuple(map(serial_twin_of, kernels))
+
+
 def affine(y, W, b, z):
     """z = y W^T + b by the kernel ``dense.dense_mode`` picks, chosen in Python so that only
     that kernel compiles (a compiled choice compiles all three: 7 s of a first fit with a
@@ -38,8 +48,8 @@ def affine(y, W, b, z):
     if mode == KD.LOOP_MODE:
         KD.dense_forward(y, W, b, z, np.empty((W.shape[1], W.shape[0]), z.dtype))
     else:
-        (KD.dense_forward_blas if mode == KD.BLAS_MODE else KD.dense_forward_blas_serial)(
-            y, W, b, z, np.empty((W.shape[0], y.shape[0]), z.dtype))
+        blas_kernels(y.shape[0], mode)[0](y, W, b, z, np.empty((W.shape[0], y.shape[0]),
+                                                               z.dtype))
 
 
 def affine_backward(dz, y, W, dW, db, dy, need_dy):
@@ -56,12 +66,12 @@ def affine_backward(dz, y, W, dW, db, dy, need_dy):
             KD.dense_backward_input_parts(dz, W, dy, np.empty(
                 input_scratch(dz.shape[0], W.shape[0], W.shape[1]), dz.dtype))
         elif need_dy:
-            KD.dense_backward_input_blas(dz, W, dy)
+            blas_kernels(dz.shape[0], mode)[1](dz, W, dy)
     else:
         KD.dense_backward_params_blas_serial(dz, y, dW, db,
                                              np.empty((W.shape[0], dz.shape[0]), dz.dtype))
         if need_dy:
-            KD.dense_backward_input_blas_serial(dz, W, dy)
+            blas_kernels(dz.shape[0], mode)[1](dz, W, dy)
 
 
 class EngineOp(namedtuple("EngineOp", "forward backward aux p linear", defaults=((), 0.0, False))):

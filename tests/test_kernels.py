@@ -19,7 +19,7 @@ from numba.core.registry import CPUDispatcher
 
 import fastbp as fb
 import fastbp.kernels
-from fastbp import nodes
+from fastbp import _config, nodes
 import reference as R
 from reference_training import sgd
 from conftest import DTYPES
@@ -94,7 +94,7 @@ TESTED = {
               "by_units", "input_scratch", "dense_forward",
               "dense_backward_params", "dense_backward_input_parts",
               "dense_backward_input", "dense_forward_blas", "dense_backward_params_blas",
-              "dense_backward_input_blas"},
+              "dense_backward_input_blas", "dense_forward_gemv", "dense_backward_input_gemv"},
     # FORWARD/BACKWARD hold elementwise_forward/backward made for each kind
     "activations": {"_gelu", "_dgelu", "elementwise_forward", "elementwise_backward",
                     *(f"_{n}" for n in ("identity", "sigmoid", "tanh", "relu", "leaky_relu",
@@ -135,10 +135,12 @@ def test_every_kernel_is_tested_here():
 # dense: z = y W^T + b and its backward pass
 # ==============================================================================================
 DENSE_SHAPES = [(1, 1, 1), (1, 33, 17), (5, 3, 7), (4, 17, 1), (9, 7, 33)]  # (T, D_in, D_out)
-DENSE_FORWARD = {  # kernel: call with (y, W, b, z)
+DENSE_FORWARD = {  # kernel: call with (y, W, b, z); the GEMM and GEMV kernels on any rows
     "loop": lambda y, W, b, z: KD.dense_forward(y, W, b, z, _scratch_WT(W)),
     "blas": lambda y, W, b, z: KD.dense_forward_blas(y, W, b, z, _scratch_zT(z)),
     "blas_serial": lambda y, W, b, z: KD.dense_forward_blas_serial(y, W, b, z, _scratch_zT(z)),
+    "gemv": lambda y, W, b, z: KD.dense_forward_gemv(y, W, b, z, _scratch_zT(z)),
+    "gemv_serial": lambda y, W, b, z: KD.dense_forward_gemv_serial(y, W, b, z, _scratch_zT(z)),
     "affine": nodes.affine,
 }
 DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
@@ -150,6 +152,12 @@ DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
     "blas_serial": lambda dz, y, W, dW, db, dy: (
         KD.dense_backward_params_blas_serial(dz, y, dW, db, _scratch_dzT(dz)),
         KD.dense_backward_input_blas_serial(dz, W, dy)),
+    "gemv": lambda dz, y, W, dW, db, dy: (
+        KD.dense_backward_params_blas(dz, y, dW, db, _scratch_dzT(dz)),
+        KD.dense_backward_input_gemv(dz, W, dy)),
+    "gemv_serial": lambda dz, y, W, dW, db, dy: (
+        KD.dense_backward_params_blas_serial(dz, y, dW, db, _scratch_dzT(dz)),
+        KD.dense_backward_input_gemv_serial(dz, W, dy)),
     "affine": lambda dz, y, W, dW, db, dy: nodes.affine_backward(dz, y, W, dW, db, dy, True),
 }
 
@@ -272,6 +280,47 @@ def test_dense_backward_overwrites_stale_gradients(rng, dtype):
             np.testing.assert_array_equal(a, b)
 
 
+@numba.njit(cache=False)
+def _fastbp_dot(a, b, out):
+    _config.dot(a, b, out)
+
+
+@numba.njit(cache=False)
+def _numba_dot(a, b, out):
+    np.dot(a, b, out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dot_makes_the_blas_call_of_numbas_np_dot(rng, dtype):
+    """``_config.dot``, the dense kernels' product, gives numba's np.dot's bits in every case
+    np.dot dispatches on (GEMM; GEMV for one row or one column; a dot product for one by one;
+    zeros for an empty inner or outer dimension), for C and F operands, matrix x vector and
+    vector x matrix; and refuses what it does not handle."""
+    def data(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    cases = []
+    for m, k, n in [(7, 5, 3), (1, 5, 3), (7, 5, 1), (1, 5, 1), (7, 0, 3), (0, 5, 3),
+                    (300, 64, 33)]:
+        a, b = data(m, k), data(k, n)
+        for a_ in (a, np.asfortranarray(a)):
+            cases += [(a_, b, (m, n)), (a_, np.asfortranarray(b), (m, n))]
+    for m, k in [(7, 5), (1, 5), (7, 1), (7, 0)]:
+        A, v, u = data(m, k), data(k), data(m)
+        for M in (A, np.asfortranarray(A)):
+            cases += [(M, v, (m,)), (u, M, (k,))]
+    for a, b, shape in cases:
+        out1, out2 = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+        _fastbp_dot(a, b, out1)
+        _numba_dot(a, b, out2)
+        assert out1.tobytes() == out2.tobytes(), (a.shape, a.flags.f_contiguous, b.shape)
+        R.assert_close(out1, _up(a) @ _up(b), dtype, np.abs(_up(a)) @ np.abs(_up(b)))
+    with pytest.raises(numba.core.errors.TypingError, match="dot: unsupported arguments"):
+        _fastbp_dot(np.ones((4, 4), dtype)[::2], np.ones((4, 4), dtype), np.ones((2, 4), dtype))
+    with pytest.raises(numba.core.errors.TypingError, match="dot: unsupported arguments"):
+        _fastbp_dot(np.ones((2, 4)), np.ones((4, 4), np.float32), np.ones((2, 4)))
+
+
 def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     """``dense_mode`` picks from the sizes alone; ``nodes.affine``/``affine_backward`` (the
     per-node path's choice) give exactly what the picked kernel gives (tiny: loops, small:
@@ -294,9 +343,9 @@ def test_dense_mode_and_affine_use_the_kernel_of_the_mode(rng):
     assert not KD.by_units(64, 64, 4096)  # one block of units
     assert KD.by_units(64, 128, 512)  # 2^22 (W3a's second layer is 2^21)
     assert not KD.by_units(64, 128, 64)  # 2^19: too little to split
-    for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "blas_serial"),
-                                   ((3, 100, 300), "blas_serial"), ((3, 2048, 4096), "blas"),
-                                   ((64, 512, 512), "blas")]:
+    for (T, n_out, n_in), mode in [((3, 5, 7), "loop"), ((4, 32, 32), "gemv_serial"),
+                                   ((3, 100, 300), "gemv_serial"), ((3, 2048, 4096), "gemv"),
+                                   ((16, 64, 64), "blas_serial"), ((64, 512, 512), "blas")]:
         y, W, b = _data(rng, (T, n_in), np.float64), _data(rng, (n_out, n_in), np.float64), \
             _data(rng, (n_out,), np.float64)
         z1, z2 = np.empty((T, n_out)), np.empty((T, n_out))
@@ -817,10 +866,12 @@ def _twin_args(name, rng, dtype):
     arg = np.zeros((T, M), np.int64)
     KP.max_forward(f(T, D), indptr, indices, e(T, M), arg)
     return {
-        # 300 rows: two BLAS blocks of rows (192 + 108); 5 rows: the per-row GEMV path
+        # 300 rows: two BLAS blocks of rows (192 + 108), 70 rows 64 + 6; 5: per-row GEMVs
         "dense_forward_blas": (KD, (f(300, D), f(M, D), f(M), e(300, M), e(M, 300)), (3,)),
+        "dense_forward_gemv": (KD, (f(T, D), f(M, D), f(M), e(T, M), e(M, T)), (3,)),
         "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
-        "dense_backward_input_blas": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
+        "dense_backward_input_blas": (KD, (f(70, M), f(M, D), e(70, D)), (2,)),
+        "dense_backward_input_gemv": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
         "scalar_forward": (_ACTIVATIONS, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),
         "scalar_backward": (_ACTIVATIONS, (KA.RELU, 1.0, f(T * D), f(T * D), f(T * D), e(T * D)), (5,)),
         "softmax_forward": (KV, (f(T, D), e(T, D)), (1,)),
@@ -850,8 +901,8 @@ def _twin_args(name, rng, dtype):
     }[name]
 
 
-TWINS = ["dense_forward_blas", "dense_backward_params_blas", "dense_backward_input_blas",
-         "scalar_forward",
+TWINS = ["dense_forward_blas", "dense_forward_gemv", "dense_backward_params_blas",
+         "dense_backward_input_blas", "dense_backward_input_gemv", "scalar_forward",
          "scalar_backward", "softmax_forward", "softmax_vjp", "elementwise_product_forward",
          "elementwise_product_backward", "pair_product_forward", "pair_product_backward",
          "power_product_forward", "power_product_backward", "max_forward", "max_backward", "l2",

@@ -5,10 +5,11 @@
   sum in a fixed order of its terms, z[t, j] = b[j] + y[t, 0] W[0, j]^T + y[t, 1] W[1, j]^T + ...,
   computed as axpy over the contiguous output row, which LLVM vectorises without reordering any
   sum. They run on the calling thread.
-- BLAS kernels (``*_blas``): one single-threaded GEMM per fixed block of outputs
-  (``row_block(T)`` rows, or units: ``unit_block(n_out)`` for a forward of one block of rows
-  and for dW, ``UNIT_BLOCK`` for a few rows; dy of one block of rows is summed from parts over
-  the same blocks of units), blocks spread over numba's threads. OpenBLAS gives
+- BLAS kernels (``*_blas``, and ``*_gemv`` for fewer than FEW rows): one single-threaded GEMM
+  or GEMV per fixed block of outputs (``row_block(T)`` rows, or units: ``unit_block(n_out)``
+  for a forward of one block of rows and for dW, ``UNIT_BLOCK`` for a few rows; dy of one
+  block of rows is summed from parts over the same blocks of units), blocks spread over
+  numba's threads. OpenBLAS gives
   different bits with different thread counts (measured on 7 of 22 shapes), so it runs on one
   thread (see ``_config``) and the blocks, fixed by the sizes alone, carry the parallelism.
 - ``dense_mode`` picks one from the sizes alone, so the per-node path and the engine always pick
@@ -17,14 +18,13 @@
   products.
 """
 
-import numpy as np
 from numba import prange
 
 # Copies and sums are written as loops over elements: numba's slice assignment between arrays
 # (``z[t, :] += b``) compiles its broadcasting and error messages into every kernel, 3.5-4 s of
 # compiling where the loop takes 0.2 s (measured), for the same arithmetic.
 
-from .._config import ARITH, GLUE, PARALLEL, SERIAL, njit, serial_twin
+from .._config import ARITH, GLUE, PARALLEL, SERIAL, dot, njit, serial_twin
 
 LOOP_MODE, BLAS_SERIAL_MODE, BLAS_MODE = 0, 1, 2
 BLAS_MIN_WORK = 1 << 9  # multiply-adds from which a BLAS call beats the loop kernels (measured:
@@ -131,36 +131,45 @@ def by_units(T, n_out, n_in):
 def dense_forward_blas(y, W, b, z, S):
     """z = y W^T + b by GEMM on blocks of ``row_block(T)`` rows, or (``by_units``) on
     blocks of ``unit_block(n_out)`` units, each into its own part of the scratch S (n_out x T
-    elements), then adding b while writing it into z; GEMV on blocks of UNIT_BLOCK units when
-    there are fewer than FEW rows. Each block owns its part of z (one GEMM call site for both
-    splits: each call site of np.dot costs 0.2-0.3 s of compiling)."""
+    elements), then adding b while writing it into z. Each block owns its part of z (one GEMM
+    call site for both splits: each call site costs 0.1-0.2 s of compiling). For FEW
+    rows or more (``dense_forward_gemv`` below; either is right for any T, the choice picks
+    the faster and fixes the bits)."""
     T, n_out = z.shape
-    if T >= FEW:
-        units = by_units(T, n_out, y.shape[1])
-        rb, ub = (T, unit_block(n_out)) if units else (row_block(T), n_out)
-        nr, nu = -(-T // rb), -(-n_out // ub)
-        flat = S.reshape(S.size)
-        for k in prange(nr * nu):
-            lo, hi = (k // nu) * rb, min(T, (k // nu + 1) * rb)
-            j0, j1 = (k % nu) * ub, min(n_out, (k % nu + 1) * ub)
-            out = flat[j0 * T:j1 * T].reshape((T, j1 - j0)) if units else z[lo:hi]
-            np.dot(y[lo:hi], W[j0:j1].T, out)
-            if units:
-                for t in range(T):
-                    for j in range(j0, j1):
-                        z[t, j] = out[t, j - j0] + b[j]
-            else:  # in place (reading ``out`` here, an alias of z, would not vectorise)
-                for t in range(lo, hi):
-                    for j in range(n_out):
-                        z[t, j] += b[j]
-    else:
-        nj = -(-n_out // UNIT_BLOCK)
-        for k in prange(T * nj):
-            t, j0 = k // nj, (k % nj) * UNIT_BLOCK
-            j1 = min(n_out, j0 + UNIT_BLOCK)
-            np.dot(W[j0:j1], y[t], z[t, j0:j1])
-            for j in range(j0, j1):
-                z[t, j] += b[j]
+    units = by_units(T, n_out, y.shape[1])
+    rb, ub = (T, unit_block(n_out)) if units else (row_block(T), n_out)
+    nr, nu = -(-T // rb), -(-n_out // ub)
+    flat = S.reshape(S.size)
+    for k in prange(nr * nu):
+        lo, hi = (k // nu) * rb, min(T, (k // nu + 1) * rb)
+        j0, j1 = (k % nu) * ub, min(n_out, (k % nu + 1) * ub)
+        out = flat[j0 * T:j1 * T].reshape((T, j1 - j0)) if units else z[lo:hi]
+        dot(y[lo:hi], W[j0:j1].T, out)
+        if units:
+            for t in range(T):
+                for j in range(j0, j1):
+                    z[t, j] = out[t, j - j0] + b[j]
+        else:  # in place (reading ``out`` here, an alias of z, would not vectorise)
+            for t in range(lo, hi):
+                for j in range(n_out):
+                    z[t, j] += b[j]
+
+
+@njit(**PARALLEL)
+def dense_forward_gemv(y, W, b, z, S):
+    """z = y W^T + b by GEMV on blocks of UNIT_BLOCK units of each row, for fewer than FEW
+    rows (S unused: the signature of ``dense_forward_blas``). A kernel of its own, chosen by
+    the rows in Python, so that batched networks do not compile it (as one kernel with
+    ``dense_forward_blas`` it made that kernel's compile 0.2-0.5 s longer serially and 0.8-1.1 s
+    in parallel, measured on a Zen 4)."""
+    T, n_out = z.shape
+    nj = -(-n_out // UNIT_BLOCK)
+    for k in prange(T * nj):
+        t, j0 = k // nj, (k % nj) * UNIT_BLOCK
+        j1 = min(n_out, j0 + UNIT_BLOCK)
+        dot(W[j0:j1], y[t], z[t, j0:j1])
+        for j in range(j0, j1):
+            z[t, j] += b[j]
 
 
 @njit(**SERIAL)
@@ -186,7 +195,7 @@ def dense_backward_params_blas(dz, y, dW, db, dzT):
     ub = unit_block(n_out)
     for k in prange(-(-n_out // ub)):
         j0, j1 = k * ub, min(n_out, (k + 1) * ub)
-        np.dot(dzT[j0:j1], y, dW[j0:j1])
+        dot(dzT[j0:j1], y, dW[j0:j1])
 
 
 @njit(**GLUE)
@@ -202,16 +211,20 @@ def input_scratch(T, n_out, n_in):
 
 @njit(**PARALLEL)
 def dense_backward_input_blas(dz, W, dy):
-    """dy = dz W by GEMM on blocks of ``row_block(T)`` rows (GEMV per row when there are few)."""
+    """dy = dz W by GEMM on blocks of ``row_block(T)`` rows, for FEW rows or more (as
+    ``dense_forward_blas``)."""
     T = dz.shape[0]
-    if T >= FEW:
-        rb = row_block(T)
-        for k in prange(-(-T // rb)):
-            lo, hi = k * rb, min(T, (k + 1) * rb)
-            np.dot(dz[lo:hi], W, dy[lo:hi])
-    else:
-        for t in prange(T):
-            np.dot(dz[t], W, dy[t])
+    rb = row_block(T)
+    for k in prange(-(-T // rb)):
+        lo, hi = k * rb, min(T, (k + 1) * rb)
+        dot(dz[lo:hi], W, dy[lo:hi])
+
+
+@njit(**PARALLEL)
+def dense_backward_input_gemv(dz, W, dy):
+    """dy = dz W by GEMV per row, for fewer than FEW rows (as ``dense_forward_gemv``)."""
+    for t in prange(dz.shape[0]):
+        dot(dz[t], W, dy[t])
 
 
 @njit(**PARALLEL)
@@ -234,7 +247,7 @@ def dense_backward_input_parts(dz, W, dy, S):
                 a[t, j - j0] = dz[t, j]
         out = dy if k == 0 else \
             S[T * n_out + (k - 1) * T * n_in:T * n_out + k * T * n_in].reshape((T, n_in))
-        np.dot(a, W[j0:j1], out)
+        dot(a, W[j0:j1], out)
     for k in range(1, nu):  # on the calling thread: T x n_in additions, a few % of the GEMMs
         p = S[T * n_out + (k - 1) * T * n_in:]
         for t in range(T):
@@ -244,6 +257,8 @@ def dense_backward_input_parts(dz, W, dy, S):
 
 # The same kernels run serially, for ops too small to split (see _config.serial_twin).
 dense_forward_blas_serial = serial_twin(dense_forward_blas)
+dense_forward_gemv_serial = serial_twin(dense_forward_gemv)
 dense_backward_params_blas_serial = serial_twin(dense_backward_params_blas)
 dense_backward_input_blas_serial = serial_twin(dense_backward_input_blas)
+dense_backward_input_gemv_serial = serial_twin(dense_backward_input_gemv)
 
