@@ -42,7 +42,7 @@ UNIT_BLOCK = 64  # BLAS kernels' block of units of z for fewer than FEW rows
 FEW = 8
 
 
-@njit(**SERIAL)
+@njit(**GLUE)
 def row_block(T):
     """Rows per BLAS block: half the rows, rounded up to a multiple of 64, from 64 to 256 (two
     blocks for two threads where the batch allows; 256-row GEMMs ran W4 at 174 GFLOP/s against
@@ -172,7 +172,7 @@ def dense_forward_gemv(y, W, b, z, S):
             z[t, j] += b[j]
 
 
-@njit(**SERIAL)
+@njit(**GLUE)
 def unit_block(n_out):
     """Units per GEMM block of dW = dz^T y: half the units rounded up to a multiple of 64, from
     64 to 2048 (two blocks for two threads where the units allow). Every block packs all of y
