@@ -135,29 +135,35 @@ def test_every_kernel_is_tested_here():
 # dense: z = y W^T + b and its backward pass
 # ==============================================================================================
 DENSE_SHAPES = [(1, 1, 1), (1, 33, 17), (5, 3, 7), (4, 17, 1), (9, 7, 33)]  # (T, D_in, D_out)
+def _blas_forward(kernel):
+    """A BLAS or GEMV forward kernel, called with (y, W, b, z) and a NaN-filled scratch."""
+    return lambda y, W, b, z: kernel(y, W, b, z, _scratch_zT(z))
+
+
+def _blas_backward(params_kernel, input_kernel):
+    """dW, db from a BLAS params kernel and dy from `input_kernel`, called with
+    (dz, y, W, dW, db, dy)."""
+    return lambda dz, y, W, dW, db, dy: (params_kernel(dz, y, dW, db, _scratch_dzT(dz)),
+                                         input_kernel(dz, W, dy))
+
+
 DENSE_FORWARD = {  # kernel: call with (y, W, b, z); the GEMM and GEMV kernels on any rows
     "loop": lambda y, W, b, z: KD.dense_forward(y, W, b, z, _scratch_WT(W)),
-    "blas": lambda y, W, b, z: KD.dense_forward_blas(y, W, b, z, _scratch_zT(z)),
-    "blas_serial": lambda y, W, b, z: KD.dense_forward_blas_serial(y, W, b, z, _scratch_zT(z)),
-    "gemv": lambda y, W, b, z: KD.dense_forward_gemv(y, W, b, z, _scratch_zT(z)),
-    "gemv_serial": lambda y, W, b, z: KD.dense_forward_gemv_serial(y, W, b, z, _scratch_zT(z)),
+    "blas": _blas_forward(KD.dense_forward_blas),
+    "blas_serial": _blas_forward(KD.dense_forward_blas_serial),
+    "gemv": _blas_forward(KD.dense_forward_gemv),
+    "gemv_serial": _blas_forward(KD.dense_forward_gemv_serial),
     "affine": nodes.affine,
 }
 DENSE_BACKWARD = {  # kernel: call with (dz, y, W, dW, db, dy)
     "loop": lambda dz, y, W, dW, db, dy: (KD.dense_backward_params(dz, y, dW, db),
                                           KD.dense_backward_input(dz, W, dy)),
-    "blas": lambda dz, y, W, dW, db, dy: (
-        KD.dense_backward_params_blas(dz, y, dW, db, _scratch_dzT(dz)),
-        KD.dense_backward_input_blas(dz, W, dy)),
-    "blas_serial": lambda dz, y, W, dW, db, dy: (
-        KD.dense_backward_params_blas_serial(dz, y, dW, db, _scratch_dzT(dz)),
-        KD.dense_backward_input_blas_serial(dz, W, dy)),
-    "gemv": lambda dz, y, W, dW, db, dy: (
-        KD.dense_backward_params_blas(dz, y, dW, db, _scratch_dzT(dz)),
-        KD.dense_backward_input_gemv(dz, W, dy)),
-    "gemv_serial": lambda dz, y, W, dW, db, dy: (
-        KD.dense_backward_params_blas_serial(dz, y, dW, db, _scratch_dzT(dz)),
-        KD.dense_backward_input_gemv_serial(dz, W, dy)),
+    "blas": _blas_backward(KD.dense_backward_params_blas, KD.dense_backward_input_blas),
+    "blas_serial": _blas_backward(KD.dense_backward_params_blas_serial,
+                                  KD.dense_backward_input_blas_serial),
+    "gemv": _blas_backward(KD.dense_backward_params_blas, KD.dense_backward_input_gemv),
+    "gemv_serial": _blas_backward(KD.dense_backward_params_blas_serial,
+                                  KD.dense_backward_input_gemv_serial),
     "affine": lambda dz, y, W, dW, db, dy: nodes.affine_backward(dz, y, W, dW, db, dy, True),
 }
 
