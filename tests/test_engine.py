@@ -114,6 +114,24 @@ def test_train_step_engine_equals_per_node():
     assert np.array_equal(a.flat_params, b.flat_params)
 
 
+@pytest.mark.parametrize("rows", [1, 32])
+def test_a_step_ending_in_softmax_kl_leaves_out_the_softmax_forward(rows):
+    """The fused softmax + KL kernel writes the Softmax's output, so a training step does not
+    run its forward (the rows classified right, counted from that output, are as on the
+    per-node path: ``test_fit_engine_equals_per_node``); a step ending in a Softmax trained
+    with L2, which reads that output, does."""
+    net = _nets(np.float64)["mlp"]()
+    softmax = len(net.nodes) - 1
+    for loss, target in [(fb.KL(), np.zeros(rows, np.int64)), (fb.L2(), np.zeros((rows, 3)))]:
+        tape, loss_code, (code, hyper, _) = engine.check_supported(net, loss, target, fb.SGD())
+        calls, _ = tape.step_kernels(rows, *engine.training_step(
+            tape, loss_code, code, hyper, target.ndim == 1, True, False))
+        ops = [op for _, op in calls]
+        assert len(tape.ops) == len(net.nodes) and tape.ops[softmax].forward is not None
+        assert (softmax in ops) == isinstance(loss, fb.L2), (loss, ops)
+        forward = [op for _, op in tape._forward_kernels(net.dtype.type, rows)]
+        assert softmax in forward  # predict still runs it
+
 
 def _node_train_step(net, X, y, loss, opt):
     return fb.training.train_step(net, net._input(X), loss.target(y, len(X), net.n_out,

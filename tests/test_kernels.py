@@ -102,12 +102,12 @@ TESTED = {
                     *(f"_d{n}" for n in ("identity", "sigmoid", "tanh", "relu", "leaky_relu",
                                          "softplus", "elu", "gelu_p", "exp")),
                     "rrelu_forward", "rrelu_backward"},
-    "vector": {"softmax_forward", "softmax_vjp", "jacobian_vjp"},
+    "vector": {"softmax_row", "softmax_forward", "softmax_vjp", "jacobian_vjp"},
     "products": {"elementwise_product_forward", "elementwise_product_backward",
                  "pair_product_forward", "pair_product_backward", "power_product_forward",
                  "power_product_backward", "max_forward", "max_backward"},
     "dropout": {"_mix", "row_key", "uniform", "_threshold", "dropout"},  # tests/test_dropout.py
-    "divergences": {"xlogx", "mean", "correct", "l2", "kl_probs", "kl_labels", "_logsumexp",
+    "divergences": {"xlogx", "mean", "correct", "l2", "kl_probs", "kl_labels", "_softmax_lse",
                     "softmax_kl_probs", "softmax_kl_labels", "binary_kl", "sigmoid_binary_kl",
                     "poisson", "exp_poisson", "total", "weight_scale", "weighted_mean"},
 }
@@ -811,6 +811,28 @@ def test_fused_softmax_kl_kernels(rng, dtype, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", DIV_SHAPES)
+@pytest.mark.parametrize("kernel", ["softmax_kl_probs", "softmax_kl_labels"])
+def test_fused_softmax_kl_writes_the_softmax_forward(rng, dtype, shape, kernel):
+    """The fused kernels write y = softmax(z) in the bits of ``softmax_forward`` (a training
+    step leaves that forward out), and div and dz as when given that y (as the per-node path
+    gives it), whatever y held."""
+    z = _data(rng, shape, dtype, scale=3.0)
+    z[0, 0] = np.inf  # the max +-inf rows: a NaN softmax, log-sum-exp the max
+    y = np.empty_like(z)
+    KV.softmax_forward(z, y)
+    target = _probs(rng, shape, dtype) if kernel == "softmax_kl_probs" else \
+        rng.integers(0, shape[1], size=shape[0]).astype(np.int64)
+    outs = []
+    for y_in in (y.copy(), np.full_like(z, np.nan), np.zeros_like(z)):
+        div, dz = np.full(shape[0], np.nan), np.full(shape, np.nan, dtype)
+        getattr(KDiv, kernel)(z, y_in, target, div, dz, 0.25)
+        assert y_in.tobytes() == y.tobytes()
+        outs.append((div.tobytes(), dz.tobytes()))
+    assert outs[1] == outs[0] and outs[2] == outs[0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", DIV_SHAPES)
 def test_fused_sigmoid_binary_kl_kernel(rng, dtype, shape):
     z = _data(rng, shape, dtype, scale=3.0)
     y = np.empty_like(z)
@@ -850,11 +872,21 @@ def test_divergence_leaves():
     assert KDiv.mean(np.array([3.0])) == 3.0
     assert KDiv.xlogx(0.0) == 0.0 and KDiv.xlogx(1.0) == 0.0
     R.assert_close(KDiv.xlogx(0.25), 0.25 * math.log(0.25))
-    R.assert_close(KDiv._logsumexp(np.array([1000.0, -1000.0])), 1000.0)
-    R.assert_close(KDiv._logsumexp(np.array([0.0, 0.0, 0.0])), math.log(3))
-    R.assert_close(KDiv._logsumexp(np.array([0.5, -1.0, 2.0])), R.logsumexp([0.5, -1.0, 2.0]))
-    assert KDiv._logsumexp(np.array([-np.inf, -np.inf])) == -np.inf
-    assert KDiv._logsumexp(np.array([np.inf, 1.0])) == np.inf
+    def lse(z):  # log-sum-exp, with the softmax it writes checked against the reference
+        z = np.array(z, np.float64)
+        y = np.full_like(z, np.nan)
+        out = KDiv._softmax_lse(z, y)
+        if np.isfinite(z.max()):
+            R.assert_close(y, R.softmax_forward(z[None])[0], what="softmax_row")
+        return out
+    R.assert_close(lse([1000.0, -1000.0]), 1000.0)
+    R.assert_close(lse([0.0, 0.0, 0.0]), math.log(3))
+    R.assert_close(lse([0.5, -1.0, 2.0]), R.logsumexp([0.5, -1.0, 2.0]))
+    assert lse([-np.inf, -np.inf]) == -np.inf
+    assert lse([np.inf, 1.0]) == np.inf
+    m, s = KV.softmax_row(np.array([0.5, 2.0]), np.empty(2))
+    assert m == 2.0
+    R.assert_close(s, 1 + math.exp(-1.5))
 
 
 # ==============================================================================================
@@ -896,9 +928,10 @@ def _twin_args(name, rng, dtype):
         "kl_probs": (KDiv, (P, _probs(rng, (T, D), dtype), np.empty(T), e(T, D), 0.2), (2, 3)),
         "kl_labels": (KDiv, (P, labels, np.empty(T), e(T, D), 0.2), (2, 3)),
         "binary_kl": (KDiv, (P, P[::-1].copy(), np.empty(T), e(T, D), 0.2), (2, 3)),
-        "softmax_kl_probs": (KDiv, (f(T, D), P, P[::-1].copy(), np.empty(T), e(T, D), 0.2),
-                             (3, 4)),
-        "softmax_kl_labels": (KDiv, (f(T, D), P, labels, np.empty(T), e(T, D), 0.2), (3, 4)),
+        "softmax_kl_probs": (KDiv, (f(T, D), e(T, D), P, np.empty(T), e(T, D), 0.2),
+                             (1, 3, 4)),
+        "softmax_kl_labels": (KDiv, (f(T, D), e(T, D), labels, np.empty(T), e(T, D), 0.2),
+                              (1, 3, 4)),
         "sigmoid_binary_kl": (KDiv, (f(T, D), P, P[::-1].copy(), np.empty(T), e(T, D), 0.2),
                               (3, 4)),
         "poisson": (KDiv, (P, P[::-1].copy(), np.empty(T), e(T, D), 0.2), (2, 3)),

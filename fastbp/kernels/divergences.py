@@ -3,7 +3,9 @@
 Row t owns div[t] and dY[t]. The ``softmax_kl_*``, ``sigmoid_binary_kl`` and ``exp_poisson``
 kernels are the fused forms used when the network ends in that activation: they take its input
 z and give the stable loss (through log-sum-exp, softplus, or z = log y) and
-dDiv/dz = (y - d) / T directly. Weighted batches: the same kernels with scale 1 / sum_t w_t,
+dDiv/dz = (y - d) / T directly; the ``softmax_kl_*`` kernels also write y = softmax(z)
+(``vector.softmax_row``: the same bits as the softmax's forward), so a training step leaves that
+forward out. Weighted batches: the same kernels with scale 1 / sum_t w_t,
 then ``weighted_mean``.
 """
 
@@ -11,9 +13,10 @@ import math
 
 from numba import prange
 
-from .._config import PARALLEL, SERIAL, njit, serial_twin
+from .._config import GLUE, PARALLEL, SERIAL, njit, serial_twin
 from .activations import softplus
-from .fastmath import fexp, flog, flog1p
+from .fastmath import flog, flog1p
+from .vector import softmax_row
 
 
 @njit(**SERIAL)
@@ -122,24 +125,21 @@ def kl_labels(Y, labels, div, dY, scale):
         div[t] = -flog(Y[t, c])
 
 
-@njit(**SERIAL)
-def _logsumexp(z):
-    m = z[0]
-    for i in range(1, z.shape[0]):
-        m = max(m, z[i])
-    if m == math.inf or m == -math.inf:
-        return m
-    s = 0.0
-    for i in range(z.shape[0]):
-        s += fexp(z[i] - m)
-    return m + flog(s)
+@njit(**GLUE)
+def _softmax_lse(z, y):
+    """y = softmax(z) for one row (``vector.softmax_row``) and logsumexp(z): m + log s, or m
+    where the row's max m is +-inf."""
+    m, s = softmax_row(z, y)
+    return m if m == math.inf or m == -math.inf else m + flog(s)
 
 
 @njit(**PARALLEL)
 def softmax_kl_probs(z, y, d, div, dz, scale):
-    """Fused softmax + KL: Div = sum_i d_i (log d_i - z_i) + logsumexp(z); dz = (y - d) scale."""
+    """Fused softmax + KL: y = softmax(z), as ``softmax_forward`` gives it (so a training step
+    needs no softmax forward before it); Div = sum_i d_i (log d_i - z_i) + logsumexp(z);
+    dz = (y - d) scale."""
     for t in prange(z.shape[0]):
-        lse = _logsumexp(z[t])
+        lse = _softmax_lse(z[t], y[t])
         s = 0.0
         for i in range(z.shape[1]):
             if d[t, i] != 0:
@@ -150,10 +150,11 @@ def softmax_kl_probs(z, y, d, div, dz, scale):
 
 @njit(**PARALLEL)
 def softmax_kl_labels(z, y, labels, div, dz, scale):
-    """Fused softmax + KL, one-hot d: Div = logsumexp(z) - z_c; dz = (y - onehot(c)) scale."""
+    """Fused softmax + KL, one-hot d: y = softmax(z) (as ``softmax_kl_probs``);
+    Div = logsumexp(z) - z_c; dz = (y - onehot(c)) scale."""
     for t in prange(z.shape[0]):
         c = labels[t]
-        div[t] = _logsumexp(z[t]) - z[t, c]
+        div[t] = _softmax_lse(z[t], y[t]) - z[t, c]
         for i in range(z.shape[1]):
             dz[t, i] = y[t, i] * scale
         dz[t, c] = (y[t, c] - 1) * scale

@@ -2,24 +2,33 @@
 
 from numba import prange
 
-from .._config import PARALLEL, njit, serial_twin
+from .._config import GLUE, PARALLEL, njit, serial_twin
 from .fastmath import fexp
+
+
+@njit(**GLUE)
+def softmax_row(z, y):
+    """y[i] = exp(z[i] - m) / s for one row, m = max_i z[i], s = sum_i exp(z[i] - m) in float64;
+    returns (m, s), from which log-sum-exp is m + log s (the fused softmax + KL kernels, which
+    so give the softmax's output with the loss, in the same bits as ``softmax_forward``)."""
+    m = z[0]
+    for i in range(1, z.shape[0]):
+        m = max(m, z[i])
+    s = 0.0
+    for i in range(z.shape[0]):
+        e = fexp(z[i] - m)
+        y[i] = e
+        s += e
+    for i in range(z.shape[0]):
+        y[i] = y[i] / s
+    return m, s
 
 
 @njit(**PARALLEL)
 def softmax_forward(z, y):
     """y[t, i] = exp(z[t, i] - m) / sum_j exp(z[t, j] - m), m = max_j z[t, j]; row t owned by t."""
     for t in prange(z.shape[0]):
-        m = z[t, 0]
-        for i in range(1, z.shape[1]):
-            m = max(m, z[t, i])
-        s = 0.0
-        for i in range(z.shape[1]):
-            e = fexp(z[t, i] - m)
-            y[t, i] = e
-            s += e
-        for i in range(z.shape[1]):
-            y[t, i] = y[t, i] / s
+        softmax_row(z[t], y[t])
 
 
 @njit(**PARALLEL)
