@@ -9,8 +9,8 @@ from .fastmath import fexp
 @njit(**GLUE)
 def softmax_row(z, y):
     """y[i] = exp(z[i] - m) / s for one row, m = max_i z[i], s = sum_i exp(z[i] - m) in float64;
-    returns (m, s), from which log-sum-exp is m + log s (the fused softmax + KL kernels, which
-    so give the softmax's output with the loss, in the same bits as ``softmax_forward``)."""
+    returns (m, s), from which log-sum-exp is m + log s. Shared with the fused softmax + KL
+    kernels, which so write the softmax's output with the loss in ``softmax_forward``'s bits."""
     m = z[0]
     for i in range(1, z.shape[0]):
         m = max(m, z[i])
