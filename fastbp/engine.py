@@ -348,15 +348,15 @@ class Tape:
         many come before the update: load the batch, forward, the loss (weighted by sample
         weights if ``weighted``), backward from op ``last`` down, the finite check; then the
         count of rows right (if ``count``), the clipping of the gradient (if ``update`` says
-        so) and the update. ``loss`` is (leaf kernel, fused, whether it writes the last op's
-        output, whose forward is then left out), ``update`` (op function, leaf kernel, clip).
+        so) and the update. ``loss`` is (leaf kernel, fused: it writes the last op's output,
+        whose forward is then left out), ``update`` (op function, leaf kernel, clip).
         ``rank1`` (the update being SGD without momentum or clipping): on one row, each
         linear op's W is updated from its dz and y (``KE.linear_sgd``), its dW never
         written; the other parameters as before."""
         dt = self.net.dtype.type
         par = rows * self.n_out >= KE.PAR_MIN_WORK
         calls = [(op_kernel(KE.load_batch, dt, BY_LABEL=labels, WEIGHTED=weighted), None)]
-        calls += self._forward_kernels(dt, rows, len(self.ops) - 1 if loss[2] else None)
+        calls += self._forward_kernels(dt, rows, len(self.ops) - 1 if loss[1] else None)
         calls.append((op_kernel(KE.loss, dt, KERNEL=loss[0] if par else serial_twin_of(loss[0]),
                                 FUSED=loss[1], BY_LABEL=labels, WEIGHTED=weighted), LOSS))
         lin = [k for k, op in enumerate(self.ops) if op.linear and op.fields[KE.W] >= 0] \
@@ -524,7 +524,7 @@ _NO_WEIGHTS = np.zeros(0, np.float64)
 
 def training_step(tape, loss_code, code, hyper, labels, count, weighted, gradient=False):
     """The arguments of ``Tape.step_kernels`` after ``rows`` for a training step: the loss's
-    (kernel, fused, writes the output), the backward's first op, the update (its op function
+    (kernel, fused), the backward's first op, the update (its op function
     and leaf kernel, whether it clips), ``labels``, ``count`` and ``weighted`` as given, and
     whether one-row steps update W from dz and y (SGD without momentum or clipping).
     ``gradient``: for a step whose caller runs all but the update (``gradient``), which

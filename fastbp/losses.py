@@ -23,7 +23,6 @@ class Divergence:
     fuses_with = None  # the node that ends a network made for this divergence
     also_fits = ()  # other last nodes whose outputs fit it (no warning)
     expects = None  # what that node gives, for messages: "probability outputs"
-    fused_makes_output = False  # the fused kernel writes the node's output y from z itself
 
     def __call__(self, Y, d, sample_weight=None):
         """The mean divergence over the rows of Y (weighted by ``sample_weight``)."""
@@ -71,16 +70,16 @@ class Divergence:
             and cls.fused is Divergence.fused and cls.__module__.startswith("fastbp.")
 
     def engine_loss(self, last, target):
-        """The engine's loss stage after the node ``last``: (leaf kernel, fused, whether the
-        kernel writes ``last``'s output itself, so that a training step leaves out its
-        forward), the same kernels as ``value_and_grad`` and ``fused``; ``Unsupported`` for a
-        divergence that computes otherwise (a user's subclass)."""
+        """The engine's loss stage after the node ``last``: (leaf kernel, fused), the same
+        kernels as ``value_and_grad`` and ``fused``; ``Unsupported`` for a divergence that
+        computes otherwise (a user's subclass). A fused kernel writes ``last``'s output from
+        z itself, in the bits of ``last``'s forward, which a training step then leaves out."""
         cls = type(self)
         if not self.built_in():
             raise Unsupported(f"{cls.__name__} is not a built-in divergence")
         if self.fuses_with is not None and type(last) is self.fuses_with:
-            return self._fused_kernel(target), True, self.fused_makes_output
-        return self._kernel(target), False, False
+            return self._fused_kernel(target), True
+        return self._kernel(target), False
 
     def output_hint(self, net):
         """A sentence naming the likely cause of trouble when ``net`` ends in a built-in node
@@ -184,7 +183,6 @@ class KL(Divergence):
 
     fuses_with = Softmax
     expects = "probability outputs"
-    fused_makes_output = True  # softmax_kl_*: a training step skips the Softmax's forward
 
     def target(self, d, rows, width, dtype):
         d = _checks.as_numeric(d, "d")

@@ -115,22 +115,27 @@ def test_train_step_engine_equals_per_node():
 
 
 @pytest.mark.parametrize("rows", [1, 32])
-def test_a_step_ending_in_softmax_kl_leaves_out_the_softmax_forward(rows):
-    """The fused softmax + KL kernel writes the Softmax's output, so a training step does not
-    run its forward (the rows classified right, counted from that output, are as on the
-    per-node path: ``test_fit_engine_equals_per_node``); a step ending in a Softmax trained
-    with L2, which reads that output, does."""
-    net = _nets(np.float64)["mlp"]()
-    softmax = len(net.nodes) - 1
-    for loss, target in [(fb.KL(), np.zeros(rows, np.int64)), (fb.L2(), np.zeros((rows, 3)))]:
-        tape, loss_code, (code, hyper, _) = engine.check_supported(net, loss, target, fb.SGD())
-        calls, _ = tape.step_kernels(rows, *engine.training_step(
-            tape, loss_code, code, hyper, target.ndim == 1, True, False))
-        ops = [op for _, op in calls]
-        assert len(tape.ops) == len(net.nodes) and tape.ops[softmax].forward is not None
-        assert (softmax in ops) == isinstance(loss, fb.L2), (loss, ops)
-        forward = [op for _, op in tape._forward_kernels(net.dtype.type, rows)]
-        assert softmax in forward  # predict still runs it
+@pytest.mark.parametrize("last, loss, target", [
+    (fb.Softmax, fb.KL, lambda rows: np.zeros(rows, np.int64)),
+    (fb.Softmax, fb.KL, lambda rows: np.full((rows, 3), 1 / 3)),
+    (fb.Sigmoid, fb.BinaryKL, lambda rows: np.zeros((rows, 3))),
+    (fb.Exp, fb.Poisson, lambda rows: np.zeros((rows, 3))),
+    (fb.Softmax, fb.L2, lambda rows: np.zeros((rows, 3))),
+], ids=["kl-labels", "kl-probs", "binary-kl", "poisson", "l2"])
+def test_a_fused_loss_step_leaves_out_the_last_forward(rows, last, loss, target):
+    """A fused loss kernel writes its activation's output, so a training step does not run that
+    activation's forward (the rows classified right, counted from that output, are as on the
+    per-node path: ``test_fit_engine_equals_per_node``); a step whose loss reads the output
+    (L2 after a Softmax) runs it. Predict runs it either way."""
+    net = fb.Sequential(fb.Linear(8, 16), fb.Tanh(), fb.Linear(16, 3), last(), seed=0)
+    out = len(net.nodes) - 1
+    loss, target = loss(), target(rows)
+    tape, loss_code, (code, hyper, _) = engine.check_supported(net, loss, target, fb.SGD())
+    calls, _ = tape.step_kernels(rows, *engine.training_step(
+        tape, loss_code, code, hyper, target.ndim == 1, True, False))
+    forward = [op for _, op in tape._forward_kernels(net.dtype.type, rows)]
+    assert len(tape.ops) == len(net.nodes) and out in forward
+    assert (out in [op for _, op in calls]) == isinstance(loss, fb.L2)
 
 
 def _node_train_step(net, X, y, loss, opt):

@@ -809,19 +809,42 @@ def test_fused_softmax_kl_kernels(rng, dtype, shape):
     R.assert_close(dz, e_g / T, dtype, (R.softmax_forward(_up(z)) + 1) / T, what="dz")
 
 
+def _softmax(z, y):
+    KV.softmax_forward(z, y)
+
+
+def _sigmoid(z, y):
+    _scalar_forward(KA.SIGMOID, 0.0, z.reshape(-1), y.reshape(-1))
+
+
+def _exp(z, y):
+    _scalar_forward(KA.EXP, 0.0, z.reshape(-1), y.reshape(-1))
+
+
+FUSED = {  # fused kernel: (its activation's forward, its target)
+    "softmax_kl_probs": (_softmax, lambda rng, shape, dtype: _probs(rng, shape, dtype)),
+    "softmax_kl_labels": (_softmax, lambda rng, shape, dtype:
+                          rng.integers(0, shape[1], size=shape[0]).astype(np.int64)),
+    "sigmoid_binary_kl": (_sigmoid, lambda rng, shape, dtype:
+                          rng.uniform(0, 1, size=shape).astype(dtype)),
+    "exp_poisson": (_exp, lambda rng, shape, dtype: rng.poisson(2.0, size=shape).astype(dtype)),
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", DIV_SHAPES)
-@pytest.mark.parametrize("kernel", ["softmax_kl_probs", "softmax_kl_labels"])
-def test_fused_softmax_kl_writes_the_softmax_forward(rng, dtype, shape, kernel):
-    """The fused kernels write y = softmax(z) in the bits of ``softmax_forward`` (a training
-    step leaves that forward out), and div and dz as when given that y (as the per-node path
-    gives it), whatever y held."""
+@pytest.mark.parametrize("kernel", sorted(FUSED))
+def test_fused_kernels_write_the_activations_forward(rng, dtype, shape, kernel):
+    """Each fused kernel writes its activation's output y from z in the bits of that
+    activation's forward (a training step leaves the forward out), and div and dz as when given
+    that y (as the per-node path gives it), whatever y held."""
+    forward, make_target = FUSED[kernel]
     z = _data(rng, shape, dtype, scale=3.0)
-    z[0, 0] = np.inf  # the max +-inf rows: a NaN softmax, log-sum-exp the max
+    if kernel.startswith("softmax"):
+        z[0, 0] = np.inf  # a row whose max is inf: a NaN softmax, log-sum-exp the max
     y = np.empty_like(z)
-    KV.softmax_forward(z, y)
-    target = _probs(rng, shape, dtype) if kernel == "softmax_kl_probs" else \
-        rng.integers(0, shape[1], size=shape[0]).astype(np.int64)
+    forward(z, y)
+    target = make_target(rng, shape, dtype)
     outs = []
     for y_in in (y.copy(), np.full_like(z, np.nan), np.zeros_like(z)):
         div, dz = np.full(shape[0], np.nan), np.full(shape, np.nan, dtype)
@@ -932,10 +955,11 @@ def _twin_args(name, rng, dtype):
                              (1, 3, 4)),
         "softmax_kl_labels": (KDiv, (f(T, D), e(T, D), labels, np.empty(T), e(T, D), 0.2),
                               (1, 3, 4)),
-        "sigmoid_binary_kl": (KDiv, (f(T, D), P, P[::-1].copy(), np.empty(T), e(T, D), 0.2),
-                              (3, 4)),
+        "sigmoid_binary_kl": (KDiv, (f(T, D), e(T, D), P[::-1].copy(), np.empty(T), e(T, D),
+                                     0.2), (1, 3, 4)),
         "poisson": (KDiv, (P, P[::-1].copy(), np.empty(T), e(T, D), 0.2), (2, 3)),
-        "exp_poisson": (KDiv, (f(T, D), P, P[::-1].copy(), np.empty(T), e(T, D), 0.2), (3, 4)),
+        "exp_poisson": (KDiv, (f(T, D), e(T, D), P[::-1].copy(), np.empty(T), e(T, D), 0.2),
+                        (1, 3, 4)),
         "dropout": (KDr, (f(T, D), e(T, D), 7, 3, 0.4), (1,)),
     }[name]
 

@@ -3,9 +3,9 @@
 Row t owns div[t] and dY[t]. The ``softmax_kl_*``, ``sigmoid_binary_kl`` and ``exp_poisson``
 kernels are the fused forms used when the network ends in that activation: they take its input
 z and give the stable loss (through log-sum-exp, softplus, or z = log y) and
-dDiv/dz = (y - d) / T directly; the ``softmax_kl_*`` kernels also write y = softmax(z)
-(``vector.softmax_row``: the same bits as the softmax's forward), so a training step leaves that
-forward out. Weighted batches: the same kernels with scale 1 / sum_t w_t,
+dDiv/dz = (y - d) / T directly. Each also writes the activation's output y from z, through
+the activation's own function (``vector.softmax_row``, ``activations._sigmoid``, ``_exp``: the
+bits of its forward), so a training step leaves that forward out. Weighted batches: the same kernels with scale 1 / sum_t w_t,
 then ``weighted_mean``.
 """
 
@@ -14,7 +14,7 @@ import math
 from numba import prange
 
 from .._config import GLUE, PARALLEL, SERIAL, njit, serial_twin
-from .activations import softplus
+from .activations import _exp, _sigmoid, softplus
 from .fastmath import flog, flog1p
 from .vector import softmax_row
 
@@ -135,9 +135,8 @@ def _softmax_lse(z, y):
 
 @njit(**PARALLEL)
 def softmax_kl_probs(z, y, d, div, dz, scale):
-    """Fused softmax + KL: y = softmax(z), as ``softmax_forward`` gives it (so a training step
-    needs no softmax forward before it); Div = sum_i d_i (log d_i - z_i) + logsumexp(z);
-    dz = (y - d) scale."""
+    """Fused softmax + KL: y = softmax(z), as ``softmax_forward`` gives it;
+    Div = sum_i d_i (log d_i - z_i) + logsumexp(z); dz = (y - d) scale."""
     for t in prange(z.shape[0]):
         lse = _softmax_lse(z[t], y[t])
         s = 0.0
@@ -177,13 +176,14 @@ def binary_kl(Y, d, div, dY, scale):
 
 @njit(**PARALLEL)
 def sigmoid_binary_kl(z, y, d, div, dz, scale):
-    """Fused sigmoid + binary KL from logits: Div = (1 - d) z + softplus(-z) - H(d);
-    dz = (sigmoid(z) - d) scale, with H(d) = -d log d - (1 - d) log(1 - d). One output (a
+    """Fused sigmoid + binary KL from logits: y = sigmoid(z); Div = (1 - d) z + softplus(-z) -
+    H(d); dz = (y - d) scale, with H(d) = -d log d - (1 - d) log(1 - d). One output (a
     binary classifier) is a loop over rows that vectorises, where the sum over outputs kept
     each row scalar (256 rows: 12.4 -> 4.9 us), with the same arithmetic (0.0 + the term)."""
     if z.shape[1] == 1:
         for t in prange(z.shape[0]):
             x, dd = z[t, 0], d[t, 0]
+            y[t, 0] = _sigmoid(x, 0.0)
             div[t] = 0.0 + ((1 - dd) * x + softplus(-x) + xlogx(dd) + xlogx(1 - dd))
             dz[t, 0] = (y[t, 0] - dd) * scale
     else:
@@ -191,6 +191,7 @@ def sigmoid_binary_kl(z, y, d, div, dz, scale):
             s = 0.0
             for k in range(z.shape[1]):
                 x, dd = z[t, k], d[t, k]
+                y[t, k] = _sigmoid(x, 0.0)
                 s += (1 - dd) * x + softplus(-x) + xlogx(dd) + xlogx(1 - dd)
                 dz[t, k] = (y[t, k] - dd) * scale
             div[t] = s
@@ -211,12 +212,13 @@ def poisson(Y, d, div, dY, scale):
 
 @njit(**PARALLEL)
 def exp_poisson(z, y, d, div, dz, scale):
-    """Fused exp + half Poisson deviance through the log link, from z = log y:
+    """Fused exp + half Poisson deviance through the log link, from z = log y: y = exp(z);
     Div = sum_k d log d - d z - d + y; dz = (y - d) scale (finite where y = exp(z) is)."""
     for t in prange(z.shape[0]):
         s = 0.0
         for k in range(z.shape[1]):
             dd = d[t, k]
+            y[t, k] = _exp(z[t, k], 0.0)
             s += xlogx(dd) - dd * z[t, k] - dd + y[t, k]
             dz[t, k] = (y[t, k] - dd) * scale
         div[t] = s
