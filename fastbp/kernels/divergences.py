@@ -5,8 +5,8 @@ kernels are the fused forms used when the network ends in that activation: they 
 z and give the stable loss (through log-sum-exp, softplus, or z = log y) and
 dDiv/dz = (y - d) / T directly. Each also writes the activation's output y from z, through
 the activation's own function (``vector.softmax_row``, ``activations._sigmoid``, ``_exp``: the
-bits of its forward), so a training step leaves that forward out. Weighted batches: the same kernels with scale 1 / sum_t w_t,
-then ``weighted_mean``.
+bits of its forward), so a training step leaves that forward out. Weighted batches: the same
+kernels with scale 1 / sum_t w_t, then ``weighted_mean``.
 """
 
 import math
