@@ -52,7 +52,9 @@ class Divergence:
 
     def fused(self, node, ctx, target, weights=None, norm=None):
         """(value, dLoss/dz) through the fused stable form when ``node`` ends the network and
-        this divergence fuses with it; else None."""
+        this divergence fuses with it; else None. The kernel writes the node's output y in
+        ``ctx`` again, in the same bits (the engine's training step, which runs no forward
+        of that node, takes y from it)."""
         if self.fuses_with is None or type(node) is not self.fuses_with:
             return None
         z, y = ctx
