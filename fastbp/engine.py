@@ -524,11 +524,11 @@ _NO_WEIGHTS = np.zeros(0, np.float64)
 
 def training_step(tape, loss_code, code, hyper, labels, count, weighted, gradient=False):
     """The arguments of ``Tape.step_kernels`` after ``rows`` for a training step: the loss's
-    (kernel, fused), the backward's first op, the update (its op function
-    and leaf kernel, whether it clips), ``labels``, ``count`` and ``weighted`` as given, and
-    whether one-row steps update W from dz and y (SGD without momentum or clipping).
-    ``gradient``: for a step whose caller runs all but the update (``gradient``), which
-    writes every dW and clips nothing."""
+    (kernel, fused), the backward's first op, the update (its op function and leaf kernel,
+    whether it clips), ``labels``, ``count`` and ``weighted`` as given, and whether one-row
+    steps update W from dz and y (SGD without momentum or clipping). ``gradient``: for a step
+    whose caller runs all but the update (``gradient``), which writes every dW and clips
+    nothing."""
     clip = bool(hyper[KE.CLIP] > 0) and not gradient
     last = len(tape.ops) - (2 if loss_code[1] else 1)
     rank1 = code[0] is KE.sgd and hyper[0] == 0 and not clip and not gradient
