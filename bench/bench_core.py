@@ -12,6 +12,10 @@ import numpy as np
 
 import fastbp as fb
 
+# The steady state: parallel kernels compile at the warm-up, not in a background helper while
+# the timed runs start on their serial twins (FASTBP_COMPILE_PARALLEL, README).
+os.environ.setdefault("FASTBP_COMPILE_PARALLEL", "now")
+
 
 def mlp(sizes, dtype=np.float32, act=None):
     """Linear layers with ReLU (or act) between them and Softmax at the end."""

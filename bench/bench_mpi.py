@@ -69,6 +69,7 @@ def run(sizes, batch, steps, ranks, threads, use_comm, det):
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     env["NUMBA_NUM_THREADS"] = str(threads)
+    env.setdefault("FASTBP_COMPILE_PARALLEL", "now")  # the steady state (README)
     cmd = [sys.executable, "-c", CHILD, json.dumps([sizes, batch, steps, use_comm, det])]
     if use_comm:
         mpiexec = shutil.which("mpiexec") or str(pathlib.Path(sys.executable).parent / "mpiexec")

@@ -379,6 +379,13 @@ class OpKernel:
         except Exception:  # numba's cache internals changed: compile in this process
             return True
 
+    def serial(self):
+        """The same op with each parallel leaf kernel among its constants replaced by its serial
+        twin (``serial_twin``: the same bits); itself if it has none."""
+        consts = {k: _twins.get(v, v) if isinstance(v, numba.core.registry.CPUDispatcher)
+                  else v for k, v in self.consts.items()}
+        return self if consts == self.consts else op_kernel(self.fn, self.dtype, **consts)
+
     def spec(self):
         """The kernel as names a fresh process resolves to the same objects (None if some
         constant cannot be named): see ``compile_ops``."""
@@ -445,6 +452,71 @@ def compile_ops(kernels):
             _Shared.start(todo).finish()
     for k in todo:
         k.address
+
+
+def runnable(kernel):
+    """The op kernel to run for ``kernel`` now, and the one compiled meanwhile (or None).
+
+    A parallel loop costs 0.7-3 s of compiling whatever its body (docs/DESIGN-NOTES.md), more
+    than the threads save in a short fit: the first ``MLPClassifier().fit`` on the digits spent
+    5.5 of its 22 s of compiles on two parallel dense kernels. So an op whose kernel has
+    parallel leaves that are neither compiled in this process nor in the cache runs on their
+    serial twins (the same source with ``range`` for ``prange``: the same bits), and a helper
+    process compiles the parallel kernel into the cache at low priority (``compile_later``)
+    for later calls (``compiled_later``) and processes. With one thread the parallel kernel
+    would gain nothing, and no helper starts. It compiles here and now where helpers may not
+    start (``FASTBP_COMPILE_JOBS=1``, no cache, a frozen application), where the kernel
+    cannot be named to another process, or with ``FASTBP_COMPILE_PARALLEL=now``."""
+    if kernel.compiled:
+        return kernel, None
+    twin = kernel.serial()
+    if twin is kernel:
+        return kernel, None
+    setting = os.environ.get("FASTBP_COMPILE_PARALLEL", "background")
+    if setting not in ("background", "now"):
+        raise ValueError(f"FASTBP_COMPILE_PARALLEL must be 'background' or 'now', "
+                         f"got {setting!r}")
+    if setting == "now":
+        return kernel, None
+    with _sharing:
+        if kernel in _later:
+            return twin, kernel
+    if kernel.cached():
+        return kernel, None
+    if get_num_threads() < 2:
+        return twin, None
+    if CACHE_DIR is None or not sys.executable or getattr(sys, "frozen", False) or \
+            os.environ.get("FASTBP_COMPILE_JOBS", "").strip() == "1" or kernel.spec() is None:
+        return kernel, None
+    return twin, kernel
+
+
+def compile_later(kernels):
+    """Start one helper process compiling those of the op kernels ``kernels`` that no earlier
+    call gave it into the cache, at the lowest priority (``nice`` 19: it takes what the
+    caller's threads leave), and return at once. The helper outlives this process if it must:
+    what it compiles serves every later process too."""
+    with _sharing:
+        todo = [k for k in dict.fromkeys(kernels) if k not in _later]
+        if not todo:
+            return
+        job = {"cache_dir": CACHE_DIR, "config": _compiler_config(), "background": True,
+               "claims": tempfile.mkdtemp(prefix=".later-", dir=CACHE_DIR),
+               "kernels": [[i, k.spec()] for i, k in enumerate(todo)]}
+        helper = _start_helper(job)
+        for k in todo:
+            _later[k] = helper
+
+
+def compiled_later(kernel):
+    """Whether the helper that ``compile_later`` started for ``kernel`` has ended (its work
+    is in the cache, if it could do it: see ``OpKernel.cached``)."""
+    with _sharing:
+        helper = _later.get(kernel)
+        return helper is None or helper.poll() is not None
+
+
+_later = {}  # op kernel: the helper process compiling it (None: it could not start)
 
 
 def prefetch_ops(kernels):
@@ -576,11 +648,18 @@ def compile_specs(job):
     """Compile the kernels of a parent's shared compile (see ``compile_ops``) that no other
     process has claimed, into the cache; nothing if this process's cache or numba settings are
     others (numba's cache key does not hold, e.g., bounds checking)."""
-    if job["cache_dir"] != CACHE_DIR or job["config"] != _compiler_config():
-        return
-    for i, spec in job["kernels"]:
-        if _claim(job["claims"], i):
-            from_spec(spec).address
+    if job.get("background"):
+        with contextlib.suppress(OSError):
+            os.nice(19)
+    try:
+        if job["cache_dir"] != CACHE_DIR or job["config"] != _compiler_config():
+            return
+        for i, spec in job["kernels"]:
+            if _claim(job["claims"], i):
+                from_spec(spec).address
+    finally:
+        if job.get("background"):  # its claims are its own (``compile_later``)
+            shutil.rmtree(job["claims"], ignore_errors=True)
 
 
 def _compiler_config():

@@ -6,7 +6,8 @@ import threading
 import numba
 import numpy as np
 
-from ._config import compile_ops, op_kernel, prefetch_ops, serial_twin_of
+from ._config import (compile_later, compile_ops, compiled_later, op_kernel, prefetch_ops,
+                      runnable, serial_twin_of)
 from .errors import Unsupported
 from .nodes import blas_kernels, by_units, dense_mode, input_scratch
 from .kernels import dense as KD
@@ -87,7 +88,8 @@ class Workspace:
     far (by phase and rows)."""
 
     __slots__ = ("capacity", "ops", "act", "grad", "iact", "wt", "blabels", "bd", "bw", "div",
-                 "ok", "ctx", "fscal", "programs", "loss_op", "out", "bound", "prepared")
+                 "ok", "ctx", "fscal", "programs", "later", "loss_op", "out", "bound",
+                 "prepared")
 
 
 class Tape:
@@ -295,6 +297,7 @@ class Tape:
             [offsets[z], offsets[self.y], offsets[z], offsets[self.y], self.n_out, self.n_out]
         ws.out = offsets[self.y]
         ws.programs = {}
+        ws.later = []  # (program, row, kernel): rows running a serial twin meanwhile (``_calls``)
         ws.bound = None  # (flat_params, flat_grads) that ctx points at
         ws.prepared = None  # the last training call's Prepared
         ws.capacity = rows
@@ -313,17 +316,38 @@ class Tape:
 
     def _calls(self, ws, kernels):
         """The program array for the calls ``kernels``: (kernel, op index, or LOSS for the
-        loss op, or None for no op), compiling the kernels not compiled yet."""
-        compile_ops([k for k, _ in kernels])
+        loss op, or None for no op), compiling the kernels not compiled yet. A parallel kernel
+        neither compiled nor cached runs as its serial twin while a helper compiles it
+        (``_config.runnable``); ``ws.later`` holds its row until ``swap`` puts it in."""
+        chosen = [runnable(k) for k, _ in kernels]
+        compile_ops([k for k, _ in chosen])
         ctx = ws.ctx.ctypes.data
         ops = {None: 0, LOSS: ws.loss_op.ctypes.data, REST: self.rest_op.ctypes.data}
         ops.update((k, ws.ops[k].ctypes.data) for k in range(len(ws.ops)))
-        return np.array([[k.address, ctx, ops[op]] for k, op in kernels],
-                        np.int64).reshape(-1, 3)
+        calls = np.array([[k.address, ctx, ops[op]] for (k, _), (_, op) in zip(chosen, kernels)],
+                         np.int64).reshape(-1, 3)
+        later = [(calls, row, k) for row, (_, k) in enumerate(chosen) if k is not None]
+        if later:
+            compile_later([k for _, _, k in later])
+            ws.later += later
+        return calls
+
+    def swap(self, ws):
+        """Put the parallel kernels that helpers have compiled into the programs that run their
+        serial twins meanwhile (those whose helper failed keep their twin)."""
+        keep = []
+        for calls, row, k in ws.later:
+            if not compiled_later(k):
+                keep.append((calls, row, k))
+            elif k.compiled or k.cached():
+                calls[row, 0] = k.address
+        ws.later = keep
 
     def forward_program(self, ws, rows):
         """The calls of a forward pass of ``rows`` rows (kept per workspace)."""
         key = ("forward", rows)
+        if ws.later:
+            self.swap(ws)
         if key not in ws.programs:
             ws.programs[key] = self._calls(ws, self._forward_kernels(self.net.dtype.type, rows))
         return ws.programs[key]
@@ -464,6 +488,8 @@ class Prepared:
     __slots__ = ("key", "step", "batch", "rest", "full", "tail", "n_pre", "held")
 
     def programs(self, tape, ws):
+        if ws.later:
+            tape.swap(ws)
         if self.full is None:
             self.full, self.n_pre = tape.step_program(ws, self.batch, *self.step)
             self.tail = tape.step_program(ws, self.rest, *self.step)[0] if self.rest \
@@ -490,7 +516,7 @@ def prepare(net, loss, target, opt, T, batch, count, weighted, gradient=False):
         p.key, p.held, p.batch, p.rest, p.full = key, (hyper, states), batch, T % batch, None
         p.step = training_step(tape, loss_code, code, hyper, labels, count, weighted, gradient)
         if not (_started or gradient):  # a first fit: compile its kernels in parallel
-            prefetch_ops([k for rows in {batch, T % batch} - {0}
+            prefetch_ops([runnable(k)[0] for rows in {batch, T % batch} - {0}
                           for k, _ in tape.step_kernels(rows, *p.step)[0]])
             _start(ws)
         ws.prepared = p

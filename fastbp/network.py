@@ -445,10 +445,15 @@ class Sequential(Node):
         io.save(self, path)
 
     def _loss_value(self, X, target, loss, train=False, weights=None):
+        return self._loss_and_output(X, target, loss, train, weights)[:2]
+
+    def _loss_and_output(self, X, target, loss, train=False, weights=None):
+        """The mean divergence over the rows of X, the nodes' contexts and the output, node
+        by node."""
         Y, ctxs = self._apply(X, train)
         fused = _weighed(loss.fused, weights, None, self.nodes[-1], ctxs[-1], target)
         return (fused[0] if fused is not None else
-                _weighed(loss.value_and_grad, weights, None, Y, target)[0]), ctxs
+                _weighed(loss.value_and_grad, weights, None, Y, target)[0]), ctxs, Y
 
 
 def _weighed(method, weights, norm, *args):

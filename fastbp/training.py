@@ -103,9 +103,13 @@ def accuracy_of(net, X, target, loss, weights=None):
     ``weights``, the fraction of the rows' total weight."""
     if not _classifies(loss, net):
         return None
-    Y = net.predict(X)
+    return _accuracy(net.predict(X), target, weights)
+
+
+def _accuracy(Y, target, weights=None):
+    """``accuracy_of`` from the outputs Y."""
     if weights is None:
-        return correct(Y, target) / X.shape[0]
+        return correct(Y, target) / Y.shape[0]
     return float(weights @ correct_rows(Y, target) / weights.sum())
 
 
@@ -256,11 +260,10 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     def end_epoch(epoch, t0):
         nonlocal best
         if validation is not None:
-            vl = net._loss_value(Xv, tv, loss, weights=wv)[0]
+            vl, _, Yv = net._loss_and_output(Xv, tv, loss, weights=wv)
             history.val_loss.append(vl)
-            vacc = accuracy_of(net, Xv, tv, loss, wv)
-            if vacc is not None:
-                history.val_accuracy.append(vacc)
+            if classifies:  # from the outputs of the loss's forward: one pass, one set of kernels
+                history.val_accuracy.append(_accuracy(Yv, tv, wv))
             if vl < best[0] - min_delta:
                 best = (vl, net.flat_params.copy(), io.flat_buffers(net))
                 history.best_epoch = epoch

@@ -5,12 +5,18 @@ puts this directory on ``sys.path``); the references and tolerances are in ``ref
 """
 
 import contextlib
+import os
 import signal
 
 import numpy as np
 import pytest
 
 import fastbp as fb
+
+# Parallel kernels compile when first needed, as before ``_config.runnable``: the tests of thread
+# counts run them, and no test leaves helpers compiling behind it. The serial twins that run
+# meanwhile by default give the same bits (tests/test_compile.py tests that default).
+os.environ.setdefault("FASTBP_COMPILE_PARALLEL", "now")
 
 DTYPES = (np.float32, np.float64)
 

@@ -183,3 +183,87 @@ def test_helpers_of_an_abandoned_compile_stop_at_exit(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "NaN" in out.stderr
     assert not list(tmp_path.rglob(".claims-*"))
+
+
+# A fit whose two first layers run on the threads, twice, in a fresh process; prints the
+# parameters' hashes after each fit and what ran: the number of op kernels compiled later
+# (``_config.compile_later``), whether their programs' rows held the serial twins during the
+# first fit, and whether the second fit ran the parallel kernels, loaded from the cache.
+LATER = r'''
+import hashlib, json, time
+import numpy as np
+import fastbp as fb
+from fastbp import _config
+rng = np.random.default_rng(0)
+X = rng.standard_normal((160, 300))
+d = rng.integers(0, 10, 160)
+net = fb.Sequential(fb.Linear(300, 128), fb.Tanh(), fb.Linear(128, 128), fb.Tanh(),
+                    fb.Linear(128, 10), fb.Softmax(), seed=0)
+def fit():
+    fb.fit(net, X, d, loss=fb.KL(), optimizer=fb.SGD(lr=0.1, momentum=0.9), batch_size=64,
+           epochs=2, tol=None, progress=False)
+    return hashlib.sha256(net.flat_params.tobytes()).hexdigest()
+first = fit()
+ws = net._tapes[(True, id(net.flat_params))].workspace(64)
+later = dict(_config._later)
+twins = all(calls[row, 0] == k.serial().address for calls, row, k in ws.later)
+deadline = time.time() + 600
+while not all(_config.compiled_later(k) for k in later) and time.time() < deadline:
+    time.sleep(0.2)
+second = fit()
+loaded = all(k.compiled and k._cfunc.cache_hits == 1 for k in later) and not ws.later
+print(json.dumps([first, second, len(later), len(ws.later), twins, loaded]))
+'''
+
+
+@pytest.mark.slow
+def test_parallel_kernels_compile_in_the_background_and_change_no_bit(tmp_path):
+    """With an empty cache, ops that would run on the threads run on their serial twins while
+    a helper compiles their parallel kernels into the cache; the next call runs those, and
+    every parameter has the bits of compiling them at once."""
+    runs = {}
+    for mode in ("background", "now"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / mode), NUMBA_NUM_THREADS="2",
+                   FASTBP_COMPILE_PARALLEL=mode, FASTBP_COMPILE_JOBS="2")
+        out = subprocess.run([sys.executable, "-c", LATER], capture_output=True, text=True,
+                             timeout=1200, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[mode] = json.loads(out.stdout.splitlines()[-1])
+    first, second, n_later, pending, twins, loaded = runs["background"]
+    assert n_later >= 3, "the dense forward and both backwards are compiled later"
+    assert twins and loaded and pending == 0
+    assert runs["now"][2:4] == [0, 0]
+    assert [first, second] == runs["now"][:2]
+    assert not list(tmp_path.rglob(".later-*")), "a helper left its claims behind"
+
+
+def test_what_runs_while_a_parallel_kernel_is_missing(monkeypatch):
+    KD = fb.kernels.dense
+    par = _config.op_kernel(fb.kernels.engine.linear_forward, np.float64,
+                            KERNEL=KD.dense_forward_blas, BLAS=True)
+    twin = par.serial()
+    assert twin.consts["KERNEL"] is KD.dense_forward_blas_serial and twin.serial() is twin
+    monkeypatch.setattr(_config.OpKernel, "compiled", False)
+    monkeypatch.setattr(_config.OpKernel, "cached", lambda self: False)
+    started = []
+    monkeypatch.setattr(_config, "_start_helper", lambda job: started.append(job))
+    monkeypatch.setenv("FASTBP_COMPILE_PARALLEL", "background")
+    monkeypatch.delenv("FASTBP_COMPILE_JOBS", raising=False)
+    assert _config.runnable(twin) == (twin, None)
+    threads = fb.get_num_threads()
+    try:
+        fb.set_num_threads(1)  # nothing to gain from the threads: no helper
+        assert _config.runnable(par) == (twin, None)
+    finally:
+        fb.set_num_threads(threads)
+    if threads >= 2:
+        assert _config.runnable(par) == (twin, par)
+        monkeypatch.setenv("FASTBP_COMPILE_JOBS", "1")  # no processes may start
+        assert _config.runnable(par) == (par, None)
+    monkeypatch.setenv("FASTBP_COMPILE_PARALLEL", "now")
+    assert _config.runnable(par) == (par, None)
+    monkeypatch.setenv("FASTBP_COMPILE_PARALLEL", "later")
+    with pytest.raises(ValueError, match="FASTBP_COMPILE_PARALLEL must be 'background' or "
+                                         "'now', got 'later'"):
+        _config.runnable(par)
+    assert not started

@@ -933,6 +933,9 @@ def _twin_args(name, rng, dtype):
         "dense_backward_params_blas": (KD, (f(70, M), f(70, D), e(M, D), e(M), e(M, 70)), (2, 3)),
         "dense_backward_input_blas": (KD, (f(70, M), f(M, D), e(70, D)), (2,)),
         "dense_backward_input_gemv": (KD, (f(T, M), f(M, D), e(T, D)), (2,)),
+        # 64 rows in one block, 130 units in two (``by_units``): dy summed from two parts
+        "dense_backward_input_parts": (KD, (f(64, 130), f(130, 300), e(64, 300),
+                                            e(KD.input_scratch(64, 130, 300))), (2,)),
         "scalar_forward": (_ACTIVATIONS, (KA.GELU, 0.0, f(T * D), e(T * D)), (3,)),
         "scalar_backward": (_ACTIVATIONS, (KA.RELU, 1.0, f(T * D), f(T * D), f(T * D), e(T * D)), (5,)),
         "softmax_forward": (KV, (f(T, D), e(T, D)), (1,)),
@@ -965,7 +968,8 @@ def _twin_args(name, rng, dtype):
 
 
 TWINS = ["dense_forward_blas", "dense_forward_gemv", "dense_backward_params_blas",
-         "dense_backward_input_blas", "dense_backward_input_gemv", "scalar_forward",
+         "dense_backward_input_blas", "dense_backward_input_gemv", "dense_backward_input_parts",
+         "scalar_forward",
          "scalar_backward", "softmax_forward", "softmax_vjp", "elementwise_product_forward",
          "elementwise_product_backward", "pair_product_forward", "pair_product_backward",
          "power_product_forward", "power_product_backward", "max_forward", "max_backward", "l2",

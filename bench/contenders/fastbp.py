@@ -11,6 +11,10 @@ from . import _common as c
 
 fb.set_num_threads(min(2, os.cpu_count() or 1))
 
+# The steady state: parallel kernels compile at the warm-up, not in a background helper while
+# the timed runs start on their serial twins (FASTBP_COMPILE_PARALLEL, README).
+os.environ.setdefault("FASTBP_COMPILE_PARALLEL", "now")
+
 
 def mlp(sizes, act, out, dtype=np.float32):
     layers = []

@@ -258,10 +258,12 @@ def dense_backward_input_parts(dz, W, dy, S):
                 dy[t, i] += p[t * n_in + i]
 
 
-# The same kernels run serially, for ops too small to split (see _config.serial_twin).
+# The same kernels run serially, for ops too small to split, and while a parallel kernel is
+# compiled in the background (see _config.serial_twin and _config.runnable).
 dense_forward_blas_serial = serial_twin(dense_forward_blas)
 dense_forward_gemv_serial = serial_twin(dense_forward_gemv)
 dense_backward_params_blas_serial = serial_twin(dense_backward_params_blas)
 dense_backward_input_blas_serial = serial_twin(dense_backward_input_blas)
 dense_backward_input_gemv_serial = serial_twin(dense_backward_input_gemv)
+dense_backward_input_parts_serial = serial_twin(dense_backward_input_parts)
 
