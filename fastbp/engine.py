@@ -419,15 +419,20 @@ class Tape:
         return any(op.linear and dense_mode(rows, op.fields[KE.N_OUT], op.fields[KE.N_IN])
                    == KD.BLAS_MODE for op in self.ops)
 
-    def forward(self, X):
+    def forward(self, X, last_input=False):
         """The output for the C-contiguous X of the network's dtype (a new array), or None if
-        X or the output holds NaN or inf."""
+        X or the output holds NaN or inf; with ``last_input``, (output, a copy of the last
+        op's input)."""
         rows = X.shape[0]
         ws = self.workspace(rows)
         self._bind_params(ws)
         Y = np.empty((rows, self.n_out), X.dtype)
-        return None if KE.forward_rows(self.forward_program(ws, rows), X, ws.act, ws.out, Y) \
-            else Y
+        if KE.forward_rows(self.forward_program(ws, rows), X, ws.act, ws.out, Y):
+            return None
+        if not last_input:
+            return Y
+        start, width = ws.ops[-1, KE.IN], self.ops[-1].fields[KE.N_IN]
+        return Y, ws.act[start:start + rows * width].reshape(rows, width).copy()
 
 
 def compile_tape(net, train):
@@ -449,6 +454,24 @@ def predict(net, X):
     checks then say where)."""
     tape = compile_tape(net, False)
     return None if tape is None else tape.forward(X)
+
+
+def evaluate(net, X, target, loss, weights=None):
+    """(the mean divergence over the rows of X in evaluation mode, the outputs) through the
+    network's forward program: the leaf kernels of the node-by-node forward, then the
+    divergence's own (fused where the network ends in its node), so the bits of
+    ``Sequential._loss_and_output``; None where the engine cannot run the network, the
+    divergence is a user's, or X or the output holds NaN or inf (the caller then goes node by
+    node)."""
+    tape = compile_tape(net, False)
+    if tape is None or not loss.built_in():
+        return None
+    out = tape.forward(np.ascontiguousarray(X, net.dtype), last_input=True)
+    if out is None:
+        return None
+    Y, z = out
+    fused = loss.fused(net.nodes[-1], (z, Y), target, weights)
+    return (fused if fused is not None else loss.value_and_grad(Y, target, weights))[0], Y
 
 
 def check_supported(net, loss, target, opt):

@@ -113,6 +113,19 @@ def _accuracy(Y, target, weights=None):
     return float(weights @ correct_rows(Y, target) / weights.sum())
 
 
+def _validate(net, Xv, tv, loss, wv):
+    """(validation loss, accuracy or None) from one forward pass in evaluation mode: the
+    engine's where it runs the network (the kernels of ``predict``, in the bits of the node-by-
+    node pass, whose kernels a fit through the engine would otherwise compile for this alone),
+    else node by node."""
+    out = E.evaluate(net, Xv, tv, loss, wv)
+    if out is None:
+        value, _, Y = net._loss_and_output(Xv, tv, loss, weights=wv)
+    else:
+        value, Y = out
+    return value, (_accuracy(Y, tv, wv) if _classifies(loss, net) else None)
+
+
 def train_step(net, X, target, loss, optimizer, weights=None):
     """One forward, backward and update on a prepared batch, node by node; refuses a
     non-finite step (``Sequential.train_step`` prepares the batch and may use the engine)."""
@@ -260,10 +273,10 @@ def fit(net, X, d, loss, optimizer, batch_size=None, epochs=100, tol=1e-6, shuff
     def end_epoch(epoch, t0):
         nonlocal best
         if validation is not None:
-            vl, _, Yv = net._loss_and_output(Xv, tv, loss, weights=wv)
+            vl, vacc = _validate(net, Xv, tv, loss, wv)
             history.val_loss.append(vl)
-            if classifies:  # from the outputs of the loss's forward: one pass, one set of kernels
-                history.val_accuracy.append(_accuracy(Yv, tv, wv))
+            if vacc is not None:
+                history.val_accuracy.append(vacc)
             if vl < best[0] - min_delta:
                 best = (vl, net.flat_params.copy(), io.flat_buffers(net))
                 history.best_epoch = epoch
@@ -345,8 +358,8 @@ def _fit_lbfgs(net, X, target, weights, loss, opt, epochs, tol, validation, call
         history.lr.append(math.nan)  # a line search, no learning rate
         if validation is not None:
             Xv, tv, wv = validation
-            history.val_loss.append(net._loss_value(Xv, tv, loss, weights=wv)[0])
-            vacc = accuracy_of(net, Xv, tv, loss, wv)
+            vl, vacc = _validate(net, Xv, tv, loss, wv)
+            history.val_loss.append(vl)
             if vacc is not None:
                 history.val_accuracy.append(vacc)
             if history.val_loss[-1] < best[0] - min_delta:

@@ -138,6 +138,34 @@ def test_a_fused_loss_step_leaves_out_the_last_forward(rows, last, loss, target)
     assert (out in [op for _, op in calls]) == isinstance(loss, fb.L2)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("last, loss, target", [
+    (fb.Softmax, fb.KL, lambda rng, rows: rng.integers(0, 5, rows)),
+    (fb.Softmax, fb.KL, lambda rng, rows: rng.dirichlet(np.ones(5), rows)),
+    (fb.Sigmoid, fb.BinaryKL, lambda rng, rows: rng.integers(0, 2, (rows, 5)).astype(float)),
+    (fb.Exp, fb.Poisson, lambda rng, rows: rng.poisson(1.0, (rows, 5)).astype(float)),
+    (fb.Tanh, fb.L2, lambda rng, rows: rng.normal(size=(rows, 5))),
+], ids=["kl-labels", "kl-probs", "binary-kl", "poisson", "l2"])
+def test_evaluate_gives_the_per_node_loss_and_outputs(dtype, last, loss, target):
+    """The validation loss of a fit (``engine.evaluate``: the forward program, then the
+    divergence's kernel, fused where it can be) has the bits of the node-by-node pass, with
+    and without sample weights, on rows that take the threads and on a few; non-finite
+    outputs and a user's divergence go node by node (None)."""
+    rng = np.random.default_rng(3)
+    net = fb.Sequential(fb.Linear(30, 300), fb.Tanh(), fb.Linear(300, 5), last(), dtype=dtype,
+                        seed=0)
+    assert 450 * 30 * 300 >= KD.PAR_MIN_WORK
+    for rows in (3, 450):
+        X, t = rng.normal(size=(rows, 30)).astype(dtype), target(rng, rows)
+        for w in (None, rng.uniform(size=rows)):
+            value, Y = engine.evaluate(net, X, t, loss(), w)
+            want, _, Y_node = net._loss_and_output(X, t, loss(), weights=w)
+            assert value == want and Y.tobytes() == Y_node.tobytes()
+    X[0, 0] = np.inf
+    assert engine.evaluate(net, X, t, loss()) is None
+    assert engine.evaluate(net, X[1:], t[1:], type("Mine", (loss,), {})()) is None
+
+
 def _node_train_step(net, X, y, loss, opt):
     return fb.training.train_step(net, net._input(X), loss.target(y, len(X), net.n_out,
                                                                  net.dtype), loss, opt)
